@@ -1,0 +1,154 @@
+//! Measures the CPU time of the watchdog thread per second of wall time, at
+//! the default check interval, with one and with eight watched runtimes
+//! running instrumented work.
+//!
+//! ```text
+//! cargo run --release --example watchdog_cost -- --seconds 10
+//! ```
+//!
+//! Linux only (it reads the thread's CPU clock); prints a note elsewhere.
+
+use std::time::{Duration, Instant};
+
+use loopwatch::{WatchExt as _, Watchdog};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut seconds = 10.0_f64;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seconds" => {
+                seconds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|v: &f64| *v > 0.0)
+                    .ok_or("--seconds takes a positive number")?;
+            }
+            other => return Err(format!("unknown argument {other:?}; use --seconds N").into()),
+        }
+    }
+    let wall = Duration::from_secs_f64(seconds);
+    baseline(wall)?;
+    for runtimes in [1, 8] {
+        measure(runtimes, wall)?;
+    }
+    Ok(())
+}
+
+/// A thread that only wakes every 100 ms and does nothing: the floor set by
+/// the wake-ups themselves on this machine.
+fn baseline(wall: Duration) -> Result<(), Box<dyn std::error::Error>> {
+    let (stop, rx) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("idle-baseline".into())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                rx.recv_timeout(Duration::from_millis(100))
+            {}
+        })?;
+    std::thread::sleep(Duration::from_millis(300));
+    let Some(cpu) = thread_cpu_clock("idle-baseline") else {
+        return Ok(());
+    };
+    let (c0, t0) = (cpu()?, Instant::now());
+    std::thread::sleep(wall);
+    let (c1, t1) = (cpu()?, Instant::now());
+    report(
+        "baseline: a thread that only wakes every 100ms",
+        c1.saturating_sub(c0),
+        t1 - t0,
+        Duration::from_millis(100),
+    );
+    drop(stop);
+    let _ = thread.join();
+    Ok(())
+}
+
+fn report(what: &str, used: Duration, elapsed: Duration, interval: Duration) {
+    let checks = elapsed.as_secs_f64() / interval.as_secs_f64();
+    println!(
+        "{what}: {:.3} ms CPU in {:.1} s = {:.4} % of one core ({:.1} us per wake-up)",
+        used.as_secs_f64() * 1e3,
+        elapsed.as_secs_f64(),
+        100.0 * used.as_secs_f64() / elapsed.as_secs_f64(),
+        used.as_secs_f64() * 1e6 / checks
+    );
+}
+
+fn measure(runtimes: usize, wall: Duration) -> Result<(), Box<dyn std::error::Error>> {
+    let watchdog = Watchdog::builder().start()?;
+    let rts: Vec<tokio::runtime::Runtime> = (0..runtimes)
+        .map(|_| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+        })
+        .collect::<Result<_, _>>()?;
+    for (i, rt) in rts.iter().enumerate() {
+        watchdog.watch_runtime(&format!("rt{i}"), rt.handle())?;
+        // Some instrumented work on every runtime, so that slots are in use.
+        for _ in 0..4 {
+            rt.spawn(
+                async {
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+                .watched("work"),
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let Some(cpu) = thread_cpu_clock("loopwatch-watch") else {
+        println!("watchdog_cost: the thread CPU clock is only read on Linux; nothing measured");
+        return Ok(());
+    };
+    let (c0, t0) = (cpu()?, Instant::now());
+    std::thread::sleep(wall);
+    let (c1, t1) = (cpu()?, Instant::now());
+    report(
+        &format!(
+            "watchdog thread, {runtimes} runtime(s) x 2 workers, check every {:?}",
+            watchdog.check_interval()
+        ),
+        c1.saturating_sub(c0),
+        t1 - t0,
+        watchdog.check_interval(),
+    );
+    watchdog.shutdown();
+    Ok(())
+}
+
+type CpuClock = Box<dyn Fn() -> Result<Duration, Box<dyn std::error::Error>>>;
+
+/// A reader of the CPU time of the thread named `comm` (the kernel's 15-byte name).
+#[cfg(target_os = "linux")]
+fn thread_cpu_clock(comm: &str) -> Option<CpuClock> {
+    let tid: libc::pid_t = std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .filter_map(Result::ok)
+        .find(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == comm))?
+        .file_name()
+        .to_str()?
+        .parse()
+        .ok()?;
+    // The kernel's CPU clock of one thread: MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED).
+    let clock: libc::clockid_t = ((!tid) << 3) | 6;
+    Some(Box::new(move || {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: ts is a valid timespec to write to.
+        if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
+    }))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn thread_cpu_clock(_comm: &str) -> Option<CpuClock> {
+    None
+}

@@ -1,0 +1,142 @@
+//! The state of the watched process as data: what `/health` serves.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+/// Overall verdict of a [`Health`] snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Status {
+    /// Nothing needs attention.
+    #[default]
+    Healthy,
+    /// Not stalled, but something needs a look; [`Health::issues`] says what.
+    Degraded,
+    /// At least one runtime worker is stalled right now.
+    Stalled,
+}
+
+impl Status {
+    /// The status as it appears in JSON: `"healthy"`, `"degraded"` or `"stalled"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Healthy => "healthy",
+            Status::Degraded => "degraded",
+            Status::Stalled => "stalled",
+        }
+    }
+}
+
+/// A snapshot of everything loopwatch knows, refreshed by the watchdog thread
+/// at every check. Serializes to the JSON served at `/health`.
+///
+/// ```
+/// # fn main() -> Result<(), loopwatch::Error> {
+/// let watchdog = loopwatch::Watchdog::builder().start()?;
+/// let health = watchdog.health();
+/// assert_eq!(health.status, loopwatch::Status::Healthy);
+/// println!("{}", serde_json::to_string_pretty(&health).unwrap());
+/// # watchdog.shutdown();
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Serialize, Default)]
+#[non_exhaustive]
+pub struct Health {
+    /// `"stalled"` while any worker is stalled, `"degraded"` when something
+    /// needs a look, `"healthy"` otherwise.
+    pub status: Status,
+    /// One line per problem, for people.
+    pub issues: Vec<String>,
+    /// Every watched runtime.
+    pub runtimes: Vec<RuntimeHealth>,
+    /// Outcomes of tasks spawned through loopwatch.
+    pub tasks: TaskCounts,
+    /// Instrumented calls, by name.
+    pub calls: BTreeMap<String, CallCounts>,
+    /// The process's resources.
+    pub process: ProcessHealth,
+}
+
+/// One watched runtime.
+#[derive(Debug, Clone, Serialize, Default)]
+#[non_exhaustive]
+pub struct RuntimeHealth {
+    /// The name given to [`Watchdog::watch_runtime`](crate::Watchdog::watch_runtime).
+    pub name: String,
+    /// `"multi_thread"` or `"current_thread"`.
+    pub flavor: String,
+    /// Number of worker threads.
+    pub workers: usize,
+    /// Seconds since the runtime's heartbeat task last ran.
+    pub heartbeat_age_seconds: f64,
+    /// How late the heartbeat task ran the last time it ran (scheduling delay), in seconds.
+    pub heartbeat_lag_seconds: f64,
+    /// Stalls flagged on this runtime since it was watched.
+    pub stalls_total: u64,
+    /// Length of the last stall that ended, in seconds.
+    pub last_stall_seconds: Option<f64>,
+    /// Workers stalled right now.
+    pub stalled_workers: Vec<StalledWorker>,
+}
+
+/// A worker stalled right now.
+#[derive(Debug, Clone, Serialize, Default)]
+#[non_exhaustive]
+pub struct StalledWorker {
+    /// The worker's index, when known.
+    pub worker: Option<usize>,
+    /// How long it has been stuck in one poll, in seconds.
+    pub stalled_for_seconds: f64,
+    /// The task it is stuck in, when the task is instrumented.
+    pub task: Option<String>,
+    /// The stuck thread's name, when known.
+    pub thread: Option<String>,
+}
+
+/// Outcomes of tasks spawned through loopwatch.
+///
+/// `spawned = completed + failed + panicked + cancelled + alive`; `hung` counts
+/// alive tasks not polled for the hung-task threshold.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq, Eq)]
+#[non_exhaustive]
+#[allow(missing_docs)]
+pub struct TaskCounts {
+    pub spawned: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub panicked: u64,
+    pub cancelled: u64,
+    pub alive: u64,
+    pub hung: u64,
+    pub slow_polls: u64,
+}
+
+/// Counts for one instrumented call name.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CallCounts {
+    /// Calls made.
+    pub calls: u64,
+    /// Calls that blocked an async worker thread for the blocking threshold or longer.
+    pub blocking: u64,
+    /// Calls that took the slow-call threshold or longer.
+    pub slow: u64,
+    /// Calls that returned `Err` or panicked.
+    pub failed: u64,
+}
+
+/// Resources of the process.
+#[derive(Debug, Clone, Copy, Serialize, Default, PartialEq)]
+#[non_exhaustive]
+pub struct ProcessHealth {
+    /// Resident memory.
+    pub resident_memory_bytes: u64,
+    /// CPU time used, user and system.
+    pub cpu_seconds: f64,
+    /// Open file descriptors.
+    pub open_fds: u64,
+    /// Threads.
+    pub threads: u64,
+}

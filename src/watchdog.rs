@@ -1,0 +1,778 @@
+//! The watchdog: its builder, its handle and its thread.
+
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+
+use crate::clock::{nanos, now_ns, unix_seconds};
+use crate::health::{Health, RuntimeHealth, StalledWorker, Status};
+use crate::heartbeat::{Beat, Heartbeat};
+use crate::monitor::{RuntimeEntry, RuntimeMonitor, Thresholds};
+use crate::series;
+use crate::stall::{Event, StallMachine, StallReport};
+use crate::{slot, Error};
+
+type Callback = Arc<dyn Fn(&StallReport) + Send + Sync>;
+
+/// Only one watchdog runs per process.
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// Settings, validated.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) stall_threshold: Duration,
+    pub(crate) blocking_threshold: Duration,
+    pub(crate) slow_call_threshold: Duration,
+    pub(crate) hung_task_threshold: Duration,
+    pub(crate) check_interval: Duration,
+    pub(crate) max_reports_per_minute: u32,
+    pub(crate) sample_stacks: bool,
+    on_stall: Option<Callback>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("stall_threshold", &self.stall_threshold)
+            .field("blocking_threshold", &self.blocking_threshold)
+            .field("slow_call_threshold", &self.slow_call_threshold)
+            .field("hung_task_threshold", &self.hung_task_threshold)
+            .field("check_interval", &self.check_interval)
+            .field("max_reports_per_minute", &self.max_reports_per_minute)
+            .field("sample_stacks", &self.sample_stacks)
+            .field(
+                "on_stall",
+                &self.on_stall.as_ref().map(|_| "Fn(&StallReport)"),
+            )
+            .finish()
+    }
+}
+
+/// Configures and starts a [`Watchdog`]. Made by [`Watchdog::builder`].
+///
+/// Every setting has a default (the `DEFAULT_*` constants of [`Watchdog`]);
+/// [`start`](Builder::start) checks them all together.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// # fn main() -> Result<(), loopwatch::Error> {
+/// let watchdog = loopwatch::Watchdog::builder()
+///     .stall_threshold(Duration::from_secs(2))
+///     .check_interval(Duration::from_millis(50))
+///     .on_stall(|report| eprintln!("stall: {report}"))
+///     .start()?;
+/// # watchdog.shutdown();
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `start()` is called"]
+pub struct Builder {
+    config: Config,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Builder {
+            config: Config {
+                stall_threshold: Watchdog::DEFAULT_STALL_THRESHOLD,
+                blocking_threshold: Watchdog::DEFAULT_BLOCKING_THRESHOLD,
+                slow_call_threshold: Watchdog::DEFAULT_SLOW_CALL_THRESHOLD,
+                hung_task_threshold: Watchdog::DEFAULT_HUNG_TASK_THRESHOLD,
+                check_interval: Watchdog::DEFAULT_CHECK_INTERVAL,
+                max_reports_per_minute: Watchdog::DEFAULT_MAX_REPORTS_PER_MINUTE,
+                sample_stacks: true,
+                on_stall: None,
+            },
+        }
+    }
+}
+
+impl Builder {
+    /// A worker stuck this long in one poll is stalled.
+    /// Default: [`Watchdog::DEFAULT_STALL_THRESHOLD`] (5 s).
+    pub fn stall_threshold(mut self, threshold: Duration) -> Self {
+        self.config.stall_threshold = threshold;
+        self
+    }
+
+    /// A poll or sync call this long on an async worker thread is blocking.
+    /// Must be shorter than the stall threshold.
+    /// Default: [`Watchdog::DEFAULT_BLOCKING_THRESHOLD`] (100 ms).
+    pub fn blocking_threshold(mut self, threshold: Duration) -> Self {
+        self.config.blocking_threshold = threshold;
+        self
+    }
+
+    /// An instrumented call this long is slow.
+    /// Default: [`Watchdog::DEFAULT_SLOW_CALL_THRESHOLD`] (2 s).
+    pub fn slow_call_threshold(mut self, threshold: Duration) -> Self {
+        self.config.slow_call_threshold = threshold;
+        self
+    }
+
+    /// A live task not polled for this long is hung.
+    /// Default: [`Watchdog::DEFAULT_HUNG_TASK_THRESHOLD`] (60 s).
+    pub fn hung_task_threshold(mut self, threshold: Duration) -> Self {
+        self.config.hung_task_threshold = threshold;
+        self
+    }
+
+    /// How often the watchdog thread looks. A stall is flagged no later than
+    /// `stall_threshold + check_interval` after it began (plus scheduling
+    /// noise). Must be at least 1 ms and shorter than the stall threshold.
+    /// Default: [`Watchdog::DEFAULT_CHECK_INTERVAL`] (100 ms).
+    pub fn check_interval(mut self, interval: Duration) -> Self {
+        self.config.check_interval = interval;
+        self
+    }
+
+    /// The most stall reports (first reports and escalations, in logs and to
+    /// the callback) sent per minute; the rest are counted in
+    /// `loopwatch_reports_suppressed_total`. Stalls are still counted and
+    /// shown in [`Health`]. Default: [`Watchdog::DEFAULT_MAX_REPORTS_PER_MINUTE`] (10).
+    pub fn max_reports_per_minute(mut self, max: u32) -> Self {
+        self.config.max_reports_per_minute = max;
+        self
+    }
+
+    /// Whether the watchdog may take another thread's stack by sending it a
+    /// real-time signal (Linux: `SIGRTMIN + 6`, handled by loopwatch; not
+    /// installed if the application handles that signal). Today it is used
+    /// to tell a current-thread runtime stuck in a poll from one that nobody
+    /// drives; only a thread that tokio shows as running is signalled.
+    /// Interrupted system calls restart (`SA_RESTART`); `sleep` resumes with
+    /// its remaining time. Default: `true`. Without it, a current-thread
+    /// runtime left undriven after being driven is reported as stalled.
+    pub fn sample_stacks(mut self, enabled: bool) -> Self {
+        self.config.sample_stacks = enabled;
+        self
+    }
+
+    /// Called on the watchdog thread when a stall is first flagged and again
+    /// at each escalation (2x, 4x, ... the threshold). A panic in it is
+    /// caught, logged and counted (`loopwatch_callback_panics_total`); the
+    /// watchdog goes on. Keep it short: the watchdog waits for it.
+    pub fn on_stall<F>(mut self, callback: F) -> Self
+    where
+        F: Fn(&StallReport) + Send + Sync + 'static,
+    {
+        self.config.on_stall = Some(Arc::new(callback));
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let c = &self.config;
+        let durations = [
+            (
+                "stall_threshold",
+                c.stall_threshold,
+                "Duration::from_secs(5)",
+            ),
+            (
+                "blocking_threshold",
+                c.blocking_threshold,
+                "Duration::from_millis(100)",
+            ),
+            (
+                "slow_call_threshold",
+                c.slow_call_threshold,
+                "Duration::from_secs(2)",
+            ),
+            (
+                "hung_task_threshold",
+                c.hung_task_threshold,
+                "Duration::from_secs(60)",
+            ),
+            (
+                "check_interval",
+                c.check_interval,
+                "Duration::from_millis(100)",
+            ),
+        ];
+        for (setting, value, example) in durations {
+            if value.is_zero() {
+                return Err(Error::ZeroDuration { setting, example });
+            }
+            if value > Watchdog::MAX_DURATION {
+                return Err(Error::DurationTooLarge {
+                    setting,
+                    value,
+                    max: Watchdog::MAX_DURATION,
+                });
+            }
+        }
+        if c.check_interval < Watchdog::MIN_CHECK_INTERVAL {
+            return Err(Error::CheckIntervalTooShort {
+                value: c.check_interval,
+                min: Watchdog::MIN_CHECK_INTERVAL,
+            });
+        }
+        let pairs = [
+            (
+                "check_interval",
+                c.check_interval,
+                "stall_threshold",
+                c.stall_threshold,
+                "the watchdog must look several times per threshold to flag a stall in time; lower check_interval or raise stall_threshold",
+            ),
+            (
+                "blocking_threshold",
+                c.blocking_threshold,
+                "stall_threshold",
+                c.stall_threshold,
+                "a stall is a poll that blocks for much longer than a blocking poll; lower blocking_threshold or raise stall_threshold",
+            ),
+            (
+                "check_interval",
+                c.check_interval,
+                "hung_task_threshold",
+                c.hung_task_threshold,
+                "the watchdog must look at least once per hung-task threshold; lower check_interval or raise hung_task_threshold",
+            ),
+        ];
+        for (smaller, smaller_value, larger, larger_value, hint) in pairs {
+            if smaller_value >= larger_value {
+                return Err(Error::Inconsistent {
+                    smaller,
+                    smaller_value,
+                    larger,
+                    larger_value,
+                    hint,
+                });
+            }
+        }
+        if c.max_reports_per_minute == 0 {
+            return Err(Error::ZeroReportRate);
+        }
+        Ok(())
+    }
+
+    /// Checks the settings and starts the watchdog thread (`loopwatch-watchdog`).
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::ZeroDuration`], [`Error::DurationTooLarge`],
+    ///   [`Error::CheckIntervalTooShort`], [`Error::Inconsistent`],
+    ///   [`Error::ZeroReportRate`]: a setting cannot work; the message says
+    ///   which and what to change.
+    /// - [`Error::AlreadyRunning`]: another watchdog runs in this process.
+    ///   Share the first one (it is `Clone`) or shut it down first.
+    /// - [`Error::Thread`]: the OS refused to start the thread.
+    pub fn start(self) -> Result<Watchdog, Error> {
+        self.validate()?;
+        if RUNNING
+            .compare_exchange(false, true, Relaxed, Relaxed)
+            .is_err()
+        {
+            return Err(Error::AlreadyRunning);
+        }
+        series::describe();
+        let shared = Arc::new(Shared {
+            config: self.config,
+            runtimes: Mutex::new(Vec::new()),
+            health: Mutex::new(Arc::new(Health::default())),
+            next_serial: AtomicU64::new(1),
+            callback_panics: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        });
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("loopwatch-watchdog".into())
+            .spawn(move || run(&thread_shared, &stop_rx))
+            .map_err(|e| {
+                RUNNING.store(false, Relaxed);
+                Error::Thread(e)
+            })?;
+        Ok(Watchdog {
+            inner: Arc::new(Inner {
+                shared,
+                stop: Mutex::new(Some((stop_tx, thread))),
+            }),
+        })
+    }
+}
+
+/// State shared by the handles and the watchdog thread.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    runtimes: Mutex<Vec<Arc<RuntimeEntry>>>,
+    health: Mutex<Arc<Health>>,
+    next_serial: AtomicU64,
+    callback_panics: AtomicU64,
+    stopped: AtomicBool,
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    stop: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+}
+
+impl Inner {
+    fn stop(&self) {
+        let Some((tx, thread)) = self.stop.lock().take() else {
+            return;
+        };
+        self.shared.stopped.store(true, Relaxed);
+        drop(tx);
+        if thread.thread().id() != std::thread::current().id() {
+            let _ = thread.join();
+        }
+        RUNNING.store(false, Relaxed);
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The process's watchdog: a thread of its own that watches tokio runtimes
+/// and flags a worker stuck in one poll while it is stuck.
+///
+/// `Watchdog` is a cheap `Clone` handle. The thread stops when
+/// [`shutdown`](Watchdog::shutdown) is called or the last handle is dropped,
+/// within one check interval. One watchdog runs per process at a time.
+///
+/// ```no_run
+/// # async fn serve() {}
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let watchdog = loopwatch::Watchdog::builder().start()?;
+///     watchdog.watch_runtime("main", &tokio::runtime::Handle::current())?;
+///     serve().await;
+///     Ok(())
+/// }
+/// ```
+#[derive(Clone)]
+pub struct Watchdog {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Watchdog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watchdog")
+            .field("config", &self.inner.shared.config)
+            .field("running", &!self.inner.shared.stopped.load(Relaxed))
+            .finish()
+    }
+}
+
+impl Watchdog {
+    /// Default [`Builder::stall_threshold`]: 5 s.
+    pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_secs(5);
+    /// Default [`Builder::blocking_threshold`]: 100 ms.
+    pub const DEFAULT_BLOCKING_THRESHOLD: Duration = Duration::from_millis(100);
+    /// Default [`Builder::slow_call_threshold`]: 2 s.
+    pub const DEFAULT_SLOW_CALL_THRESHOLD: Duration = Duration::from_secs(2);
+    /// Default [`Builder::hung_task_threshold`]: 60 s.
+    pub const DEFAULT_HUNG_TASK_THRESHOLD: Duration = Duration::from_secs(60);
+    /// Default [`Builder::check_interval`]: 100 ms.
+    pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+    /// Default [`Builder::max_reports_per_minute`]: 10.
+    pub const DEFAULT_MAX_REPORTS_PER_MINUTE: u32 = 10;
+    /// Smallest [`Builder::check_interval`] accepted: 1 ms.
+    pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(1);
+    /// Largest duration accepted for any setting: 30 days.
+    pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+    /// Longest runtime name accepted by [`watch_runtime`](Watchdog::watch_runtime).
+    pub const MAX_NAME_LEN: usize = 128;
+
+    /// Starts configuring a watchdog.
+    pub fn builder() -> Builder {
+        Builder::default()
+    }
+
+    /// Watches a runtime under `name`: its workers are checked at every
+    /// interval, and a small heartbeat task is spawned on it (it shows in
+    /// tokio's alive-task count). Works for multi-thread and current-thread
+    /// runtimes, including the one `#[tokio::main]` made
+    /// (`Handle::current()`). A runtime that shuts down leaves the watch list
+    /// by itself, without a stall.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::InvalidName`]: `name` is empty, longer than
+    ///   [`MAX_NAME_LEN`](Watchdog::MAX_NAME_LEN) bytes, or has control characters.
+    /// - [`Error::DuplicateRuntime`]: a runtime is already watched under `name`.
+    /// - [`Error::RuntimeShutDown`]: the runtime has already shut down.
+    /// - [`Error::ShutDown`]: this watchdog has been shut down.
+    pub fn watch_runtime(&self, name: &str, handle: &Handle) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        validate_name(name)?;
+        let mut runtimes = shared.runtimes.lock();
+        if shared.stopped.load(Relaxed) {
+            return Err(Error::ShutDown);
+        }
+        if runtimes
+            .iter()
+            .any(|r| &*r.name == name && r.beat.view().alive)
+        {
+            return Err(Error::DuplicateRuntime { name: name.into() });
+        }
+        runtimes.retain(|r| &*r.name != name);
+        let beat = Beat::new();
+        drop(handle.spawn(Heartbeat::new(beat.clone())));
+        if !beat.view().alive {
+            return Err(Error::RuntimeShutDown { name: name.into() });
+        }
+        let watched_from_inside = Handle::try_current().is_ok_and(|h| h.id() == handle.id());
+        if watched_from_inside {
+            beat.set_driver_to_current_thread();
+        }
+        runtimes.push(Arc::new(RuntimeEntry {
+            name: Arc::from(name),
+            serial: shared.next_serial.fetch_add(1, Relaxed),
+            handle: handle.clone(),
+            beat,
+            watched_at: now_ns(),
+            watched_from_inside,
+        }));
+        Ok(())
+    }
+
+    /// A snapshot of the watched runtimes' state, refreshed at every check.
+    /// Serialize it with serde for the JSON of `/health`.
+    pub fn health(&self) -> Health {
+        Health::clone(&self.inner.shared.health.lock())
+    }
+
+    /// Stops the watchdog thread and waits for it (at most about one check
+    /// interval). Every clone of this handle stops watching. Calling it again
+    /// does nothing. Afterwards a new watchdog may be started.
+    pub fn shutdown(&self) {
+        self.inner.stop();
+    }
+
+    /// Whether the watchdog thread is running.
+    pub fn is_running(&self) -> bool {
+        !self.inner.shared.stopped.load(Relaxed)
+    }
+
+    /// Panics caught in the [`on_stall`](Builder::on_stall) callback so far.
+    pub fn callback_panics(&self) -> u64 {
+        self.inner.shared.callback_panics.load(Relaxed)
+    }
+
+    /// The stall threshold in force.
+    pub fn stall_threshold(&self) -> Duration {
+        self.inner.shared.config.stall_threshold
+    }
+
+    /// The blocking threshold in force.
+    pub fn blocking_threshold(&self) -> Duration {
+        self.inner.shared.config.blocking_threshold
+    }
+
+    /// The slow-call threshold in force.
+    pub fn slow_call_threshold(&self) -> Duration {
+        self.inner.shared.config.slow_call_threshold
+    }
+
+    /// The hung-task threshold in force.
+    pub fn hung_task_threshold(&self) -> Duration {
+        self.inner.shared.config.hung_task_threshold
+    }
+
+    /// The check interval in force.
+    pub fn check_interval(&self) -> Duration {
+        self.inner.shared.config.check_interval
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), Error> {
+    let reason = if name.trim().is_empty() {
+        "it is empty; use a short name such as \"main\""
+    } else if name.len() > Watchdog::MAX_NAME_LEN {
+        "it is longer than 128 bytes; use a short name such as \"main\""
+    } else if name.chars().any(char::is_control) {
+        "it contains control characters; use letters, digits, '-', '_' or '.'"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidName {
+        name: name.into(),
+        reason,
+    })
+}
+
+/// Per-runtime figures kept across checks by the watchdog thread.
+#[derive(Debug, Default, Clone, Copy)]
+struct RuntimeTotals {
+    stalls: u64,
+    last_stall_ns: Option<u64>,
+    last_stall_end: u64,
+    last_beats: u64,
+}
+
+/// The watchdog thread's state.
+struct Checker {
+    shared: Arc<Shared>,
+    thresholds: Thresholds,
+    /// How often each runtime's heartbeat task is woken.
+    heartbeat_ns: u64,
+    monitors: Vec<RuntimeMonitor>,
+    totals: std::collections::HashMap<u64, RuntimeTotals>,
+    stalls: StallMachine,
+}
+
+/// How often the heartbeat task of each runtime is woken: a tenth of the
+/// stall threshold, at least every check and at most every second. Each wake
+/// is a cross-thread wake-up, the largest part of a check's cost per runtime.
+fn heartbeat_interval(config: &Config) -> Duration {
+    let floor = config.check_interval;
+    (config.stall_threshold / 10).clamp(floor, floor.max(Duration::from_secs(1)))
+}
+
+fn run(shared: &Arc<Shared>, stop: &mpsc::Receiver<()>) {
+    let config = &shared.config;
+    let mut checker = Checker {
+        shared: shared.clone(),
+        thresholds: Thresholds {
+            stall_ns: nanos(config.stall_threshold),
+            check_ns: nanos(config.check_interval),
+            sample_stacks: config.sample_stacks,
+        },
+        heartbeat_ns: nanos(heartbeat_interval(config)),
+        monitors: Vec::new(),
+        totals: std::collections::HashMap::new(),
+        stalls: StallMachine::new(config.stall_threshold, config.max_reports_per_minute),
+    };
+    tracing::debug!(target: "loopwatch", ?config, "watchdog started");
+    // Returns at once when the handle drops the sender (shutdown).
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(config.check_interval) {
+        checker.check();
+    }
+    tracing::debug!(target: "loopwatch", "watchdog stopped");
+}
+
+impl Checker {
+    fn sync_runtimes(&mut self) {
+        let mut registered = self.shared.runtimes.lock();
+        // Runtimes whose heartbeat task was dropped have shut down.
+        registered.retain(|r| r.beat.view().alive);
+        self.monitors
+            .retain(|m| registered.iter().any(|r| Arc::ptr_eq(r, &m.entry)));
+        for entry in registered.iter() {
+            if !self.monitors.iter().any(|m| Arc::ptr_eq(&m.entry, entry)) {
+                self.monitors.push(RuntimeMonitor::new(entry.clone()));
+            }
+        }
+    }
+
+    fn check(&mut self) {
+        let gone: Vec<(Arc<str>, u64)> = {
+            let before: Vec<(Arc<str>, u64)> = self
+                .monitors
+                .iter()
+                .map(|m| (m.entry.name.clone(), m.entry.serial))
+                .collect();
+            self.sync_runtimes();
+            before
+                .into_iter()
+                .filter(|(_, s)| !self.monitors.iter().any(|m| m.entry.serial == *s))
+                .collect()
+        };
+        for (name, serial) in &gone {
+            series::runtime_gone(name);
+            self.totals.remove(serial);
+            tracing::debug!(target: "loopwatch", runtime = %name, "runtime shut down; no longer watched");
+        }
+
+        let now = now_ns();
+        let slots = slot::snapshot();
+        let mut seen = Vec::new();
+        for m in &mut self.monitors {
+            m.sample(now);
+            seen.extend(m.detect(now, &slots, self.thresholds));
+            if now.saturating_sub(m.last_poke) >= self.heartbeat_ns {
+                m.last_poke = now;
+                m.entry.beat.poke(now);
+            }
+        }
+        // Stalls of runtimes that shut down end without being counted as ended stalls.
+        let events = self.stalls.update(now, seen);
+        for event in events {
+            self.deliver(event, &gone);
+        }
+        self.publish(now);
+    }
+
+    fn deliver(&mut self, event: Event, gone: &[(Arc<str>, u64)]) {
+        match event {
+            Event::Report(report) => {
+                if report.escalation == 0 {
+                    series::stall_flagged(&report.runtime);
+                    if let Some(m) = self
+                        .monitors
+                        .iter()
+                        .find(|m| *m.entry.name == report.runtime)
+                    {
+                        self.totals.entry(m.entry.serial).or_default().stalls += 1;
+                    }
+                    tracing::warn!(
+                        target: "loopwatch",
+                        runtime = %report.runtime,
+                        worker = report.worker,
+                        stalled_for_seconds = report.stalled_for.as_secs_f64(),
+                        task = report.task.as_deref(),
+                        thread = report.thread.as_deref(),
+                        "stall: {report}"
+                    );
+                } else {
+                    tracing::warn!(
+                        target: "loopwatch",
+                        runtime = %report.runtime,
+                        worker = report.worker,
+                        stalled_for_seconds = report.stalled_for.as_secs_f64(),
+                        task = report.task.as_deref(),
+                        thread = report.thread.as_deref(),
+                        escalation = report.escalation,
+                        "stall continues: {report}"
+                    );
+                }
+                self.callback(&report);
+            }
+            Event::Suppressed { runtime, new } => {
+                if new {
+                    series::stall_flagged(&runtime);
+                    if let Some(m) = self.monitors.iter().find(|m| m.entry.name == runtime) {
+                        self.totals.entry(m.entry.serial).or_default().stalls += 1;
+                    }
+                }
+                series::report_suppressed();
+            }
+            Event::End {
+                runtime,
+                runtime_serial,
+                worker,
+                task,
+                duration,
+                reported,
+            } => {
+                if gone.iter().any(|(_, s)| *s == runtime_serial) {
+                    if reported {
+                        tracing::info!(target: "loopwatch", runtime = %runtime, "runtime shut down during a stall; stall no longer watched");
+                    }
+                    return;
+                }
+                series::stall_ended(&runtime, duration);
+                let totals = self.totals.entry(runtime_serial).or_default();
+                totals.last_stall_ns = Some(nanos(duration));
+                totals.last_stall_end = now_ns();
+                if reported {
+                    tracing::info!(
+                        target: "loopwatch",
+                        runtime = %runtime,
+                        worker,
+                        task,
+                        duration_seconds = duration.as_secs_f64(),
+                        "stall ended after {:.1} s",
+                        duration.as_secs_f64()
+                    );
+                }
+            }
+        }
+    }
+
+    fn callback(&self, report: &StallReport) {
+        let Some(callback) = &self.shared.config.on_stall else {
+            return;
+        };
+        if catch_unwind(AssertUnwindSafe(|| callback(report))).is_err() {
+            self.shared.callback_panics.fetch_add(1, Relaxed);
+            series::callback_panicked();
+            tracing::error!(target: "loopwatch", "the on_stall callback panicked; the watchdog goes on");
+        }
+    }
+
+    /// Updates gauges and the health snapshot.
+    fn publish(&mut self, now: u64) {
+        let stall_ns = self.thresholds.stall_ns;
+        let mut issues = Vec::new();
+        let mut stalled_any = false;
+        let mut degraded = false;
+        let mut runtimes = Vec::with_capacity(self.monitors.len());
+        let unix_now = unix_seconds();
+        for m in &self.monitors {
+            let serial = m.entry.serial;
+            let mut stalled: Vec<_> = self
+                .stalls
+                .active()
+                .filter(|c| c.runtime_serial == serial)
+                .collect();
+            stalled.sort_by_key(|c| (c.worker, c.since));
+            for c in &stalled {
+                issues.push(c.report(now, 0).to_string());
+            }
+            stalled_any |= !stalled.is_empty();
+            let age = m.heartbeat_age_ns(now);
+            let totals = self.totals.entry(serial).or_default();
+            if m.beat.beats > totals.last_beats {
+                totals.last_beats = m.beat.beats;
+                series::heartbeat(&m.entry.name, m.beat.last_lag);
+            }
+            series::runtime_gauges(&m.entry.name, stalled.len(), unix_now - age as f64 / 1e9);
+            if stalled.is_empty() && m.beat.beats > 0 && age >= stall_ns && !m.undriven() {
+                degraded = true;
+                issues.push(format!(
+                    "runtime {}: heartbeat {:.1} s late; workers are busy but not stuck in one poll",
+                    m.entry.name,
+                    age as f64 / 1e9
+                ));
+            }
+            if let Some(len) = totals.last_stall_ns {
+                if stalled.is_empty() && now.saturating_sub(totals.last_stall_end) < 60_000_000_000
+                {
+                    degraded = true;
+                    issues.push(format!(
+                        "runtime {}: a stall of {:.1} s ended {:.0} s ago",
+                        m.entry.name,
+                        len as f64 / 1e9,
+                        now.saturating_sub(totals.last_stall_end) as f64 / 1e9
+                    ));
+                }
+            }
+            runtimes.push(RuntimeHealth {
+                name: m.entry.name.to_string(),
+                flavor: m.flavor.to_owned(),
+                workers: m.num_workers(),
+                heartbeat_age_seconds: age as f64 / 1e9,
+                heartbeat_lag_seconds: m.beat.last_lag as f64 / 1e9,
+                stalls_total: totals.stalls,
+                last_stall_seconds: totals.last_stall_ns.map(|n| n as f64 / 1e9),
+                stalled_workers: stalled
+                    .iter()
+                    .map(|c| StalledWorker {
+                        worker: c.worker,
+                        stalled_for_seconds: now.saturating_sub(c.since) as f64 / 1e9,
+                        task: c.task.map(str::to_owned),
+                        thread: c.thread.as_deref().map(str::to_owned),
+                    })
+                    .collect(),
+            });
+        }
+        let status = if stalled_any {
+            Status::Stalled
+        } else if degraded {
+            Status::Degraded
+        } else {
+            Status::Healthy
+        };
+        let health = Health {
+            status,
+            issues,
+            runtimes,
+            ..Health::default()
+        };
+        *self.shared.health.lock() = Arc::new(health);
+    }
+}

@@ -1,0 +1,100 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use loopwatch::{StallReport, Watchdog};
+
+/// One watchdog runs per process: tests that start one take this lock, so the
+/// suite also passes under `cargo test`, which runs tests on threads of one process.
+pub fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Reports received by the `on_stall` callback, with the time each arrived.
+#[derive(Clone, Default)]
+pub struct Reports(Arc<Mutex<Vec<(Instant, StallReport)>>>);
+
+impl Reports {
+    pub fn all(&self) -> Vec<(Instant, StallReport)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    pub fn first_reports(&self) -> Vec<(Instant, StallReport)> {
+        self.all()
+            .into_iter()
+            .filter(|(_, r)| r.escalation == 0)
+            .collect()
+    }
+
+    /// Waits until a first report arrives for `runtime`, up to `timeout`.
+    pub fn wait_first(&self, runtime: &str, timeout: Duration) -> Option<(Instant, StallReport)> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(r) = self
+                .first_reports()
+                .into_iter()
+                .find(|(_, r)| r.runtime == runtime)
+            {
+                return Some(r);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    }
+}
+
+/// Starts a watchdog with the given stall threshold and check interval that
+/// collects its reports.
+pub fn start(stall: Duration, check: Duration) -> (Watchdog, Reports) {
+    let reports = Reports::default();
+    let sink = reports.clone();
+    let watchdog = Watchdog::builder()
+        .stall_threshold(stall)
+        .blocking_threshold(Duration::from_millis(100).min(stall / 2))
+        .check_interval(check)
+        .max_reports_per_minute(1000)
+        .on_stall(move |r| sink.0.lock().unwrap().push((Instant::now(), r.clone())))
+        .start()
+        .expect("watchdog starts");
+    (watchdog, reports)
+}
+
+/// Waits until `f` holds, up to `timeout`; returns whether it did.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn multi_thread(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("runtime builds")
+}
+
+pub fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime builds")
+}
+
+/// Busy-waits for `d` (a CPU-bound block, no syscalls).
+pub fn spin(d: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
+    }
+}

@@ -1,0 +1,135 @@
+//! The watchdog thread: callbacks that panic, shutdown, drop.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{multi_thread, serial, wait_until};
+use loopwatch::Watchdog;
+
+/// Names of this process's threads (Linux), as the kernel keeps them (15 bytes).
+#[cfg(target_os = "linux")]
+fn thread_names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|s| s.trim().to_owned())
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+fn watchdog_threads() -> usize {
+    thread_names()
+        .iter()
+        .filter(|n| n.as_str() == "loopwatch-watch")
+        .count()
+}
+
+#[test]
+fn a_panicking_callback_is_caught_counted_and_the_watchdog_goes_on() {
+    let _serial = serial();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let watchdog = Watchdog::builder()
+        .stall_threshold(Duration::from_millis(500))
+        .check_interval(Duration::from_millis(25))
+        .on_stall(move |_| {
+            seen.fetch_add(1, Ordering::SeqCst);
+            panic!("callback bug");
+        })
+        .start()
+        .unwrap();
+    let rt = multi_thread(2);
+    watchdog.watch_runtime("p", rt.handle()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // Two separate stalls: the second is reported although the callback
+    // panicked for the first and for its escalation.
+    for _ in 0..2 {
+        let t = rt.spawn(async { std::thread::sleep(Duration::from_millis(1200)) });
+        rt.block_on(t).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(watchdog.is_running());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "first report and 2x escalation, twice"
+    );
+    assert_eq!(watchdog.callback_panics(), 4);
+    assert_eq!(watchdog.health().runtimes[0].stalls_total, 2);
+    watchdog.shutdown();
+}
+
+#[test]
+fn shutdown_joins_the_thread_within_one_interval() {
+    let _serial = serial();
+    let interval = Duration::from_millis(200);
+    let watchdog = Watchdog::builder()
+        .check_interval(interval)
+        .start()
+        .unwrap();
+    // The thread names itself once it runs.
+    #[cfg(target_os = "linux")]
+    assert!(
+        wait_until(Duration::from_secs(1), || watchdog_threads() == 1),
+        "{:?}",
+        thread_names()
+    );
+    std::thread::sleep(Duration::from_millis(50));
+    let began = Instant::now();
+    watchdog.shutdown();
+    let took = began.elapsed();
+    assert!(took < interval, "shutdown took {took:?}");
+    assert!(!watchdog.is_running());
+    #[cfg(target_os = "linux")]
+    assert_eq!(watchdog_threads(), 0, "{:?}", thread_names());
+    watchdog.shutdown(); // idempotent
+}
+
+#[test]
+fn dropping_the_last_handle_stops_the_thread() {
+    let _serial = serial();
+    let watchdog = Watchdog::builder().start().unwrap();
+    let clone = watchdog.clone();
+    drop(watchdog);
+    #[cfg(target_os = "linux")]
+    assert!(wait_until(Duration::from_secs(1), || watchdog_threads() == 1));
+    let began = Instant::now();
+    drop(clone);
+    assert!(began.elapsed() < Duration::from_millis(100));
+    #[cfg(target_os = "linux")]
+    assert_eq!(watchdog_threads(), 0);
+}
+
+#[test]
+fn the_watchdog_never_runs_on_a_watched_runtime_and_sees_a_total_stall() {
+    let _serial = serial();
+    let watchdog = Watchdog::builder()
+        .stall_threshold(Duration::from_millis(500))
+        .check_interval(Duration::from_millis(25))
+        .start()
+        .unwrap();
+    let rt = multi_thread(2);
+    watchdog.watch_runtime("all", rt.handle()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let barrier = Arc::new(std::sync::Barrier::new(2));
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let b = barrier.clone();
+            rt.spawn(async move {
+                b.wait();
+                std::thread::sleep(Duration::from_millis(1500));
+            })
+        })
+        .collect();
+    // Every worker is blocked; health still answers and says so.
+    assert!(wait_until(Duration::from_secs(2), || {
+        watchdog.health().runtimes[0].stalled_workers.len() == 2
+    }));
+    for t in tasks {
+        rt.block_on(t).unwrap();
+    }
+    watchdog.shutdown();
+}

@@ -1,0 +1,215 @@
+//! What a stall leaves in the `metrics` facade and in `tracing` events.
+
+mod common;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{multi_thread, serial, wait_until};
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::MetricKind;
+
+/// A metric's name, labels and value.
+type Sample = (String, Vec<(String, String)>, f64);
+
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+struct Observed {
+    snapshotter: Snapshotter,
+    logs: Logs,
+    /// Histogram values seen so far (snapshots drain them).
+    histograms: Vec<Sample>,
+    /// Counter totals so far (snapshots return what was added since the last one).
+    counters: Vec<Sample>,
+}
+
+impl Observed {
+    fn install() -> Self {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        recorder
+            .install()
+            .expect("no other recorder in this test binary");
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_max_level(tracing::Level::DEBUG)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).unwrap();
+        Observed {
+            snapshotter,
+            logs,
+            histograms: Vec::new(),
+            counters: Vec::new(),
+        }
+    }
+
+    /// (name, labels, value) of every counter (its total) and gauge (set since
+    /// the last read); histogram values are kept in `histograms`.
+    fn read(&mut self) -> Vec<Sample> {
+        let mut out = Vec::new();
+        for (key, _, _, value) in self.snapshotter.snapshot().into_vec() {
+            let name = key.key().name().to_owned();
+            let labels: Vec<(String, String)> = key
+                .key()
+                .labels()
+                .map(|l| (l.key().to_owned(), l.value().to_owned()))
+                .collect();
+            match (key.kind(), value) {
+                (MetricKind::Counter, DebugValue::Counter(v)) => {
+                    match self
+                        .counters
+                        .iter_mut()
+                        .find(|c| c.0 == name && c.1 == labels)
+                    {
+                        Some(c) => c.2 += v as f64,
+                        None => self.counters.push((name, labels, v as f64)),
+                    }
+                }
+                (MetricKind::Gauge, DebugValue::Gauge(v)) => {
+                    out.push((name, labels, v.into_inner()))
+                }
+                (MetricKind::Histogram, DebugValue::Histogram(vs)) => {
+                    for v in vs {
+                        self.histograms
+                            .push((name.clone(), labels.clone(), v.into_inner()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.extend(self.counters.iter().cloned());
+        out
+    }
+}
+
+fn value(metrics: &[Sample], name: &str, runtime: Option<&str>) -> Option<f64> {
+    metrics
+        .iter()
+        .find(|(n, labels, _)| {
+            n == name
+                && match runtime {
+                    Some(r) => labels.iter().any(|(k, v)| k == "runtime" && v == r),
+                    None => labels.is_empty(),
+                }
+        })
+        .map(|m| m.2)
+}
+
+#[test]
+fn a_stall_is_logged_and_recorded_in_every_stall_metric() {
+    let _serial = serial();
+    let mut observed = Observed::install();
+    let watchdog = loopwatch::Watchdog::builder()
+        .stall_threshold(Duration::from_millis(600))
+        .check_interval(Duration::from_millis(25))
+        .max_reports_per_minute(1)
+        .start()
+        .unwrap();
+    let rt = multi_thread(2);
+    watchdog.watch_runtime("m", rt.handle()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let task = rt.spawn(async { std::thread::sleep(Duration::from_millis(1500)) });
+    assert!(wait_until(Duration::from_secs(3), || {
+        watchdog.health().status == loopwatch::Status::Stalled
+    }));
+    std::thread::sleep(Duration::from_millis(60));
+    let during = observed.read();
+    assert_eq!(
+        value(&during, "loopwatch_stalls_total", Some("m")),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&during, "loopwatch_stalled_workers", Some("m")),
+        Some(1.0)
+    );
+    rt.block_on(task).unwrap();
+    // Let the worker park, so that tokio publishes that the first stall ended.
+    std::thread::sleep(Duration::from_millis(200));
+
+    // A second stall goes over the one-report-per-minute cap.
+    let task = rt.spawn(async { std::thread::sleep(Duration::from_millis(900)) });
+    rt.block_on(task).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+
+    let after = observed.read();
+    assert_eq!(
+        value(&after, "loopwatch_stalls_total", Some("m")),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(&after, "loopwatch_stalled_workers", Some("m")),
+        Some(0.0)
+    );
+    // The first stall's 2x escalation and the second stall's report were held back.
+    assert_eq!(
+        value(&after, "loopwatch_reports_suppressed_total", None),
+        Some(2.0),
+        "{}",
+        observed.logs.text()
+    );
+    let unix_now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let stamp = value(&after, "loopwatch_heartbeat_timestamp_seconds", Some("m")).unwrap();
+    assert!(
+        (unix_now - stamp).abs() < 1.0,
+        "heartbeat at {stamp}, now {unix_now}"
+    );
+
+    let stalls: Vec<f64> = observed
+        .histograms
+        .iter()
+        .filter(|(n, _, _)| n == "loopwatch_stall_duration_seconds")
+        .map(|h| h.2)
+        .collect();
+    assert_eq!(stalls.len(), 2, "{stalls:?}");
+    assert!(
+        (1.2..=2.2).contains(&stalls[0]),
+        "first stall lasted 1.5 s: {stalls:?}"
+    );
+    assert!(
+        (0.6..=1.6).contains(&stalls[1]),
+        "second stall lasted 0.9 s: {stalls:?}"
+    );
+    let lags = observed
+        .histograms
+        .iter()
+        .filter(|(n, _, _)| n == "loopwatch_heartbeat_lag_seconds")
+        .count();
+    assert!(lags > 10, "heartbeat lag recorded at each beat: {lags}");
+
+    let logs = observed.logs.text();
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 1, "one report let through: {logs}");
+    assert!(warnings[0].contains("loopwatch"), "{logs}");
+    assert!(warnings[0].contains("runtime m: worker"), "{logs}");
+    let ends: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("stall ended after"))
+        .collect();
+    assert_eq!(ends.len(), 1, "the reported stall's end is logged: {logs}");
+    watchdog.shutdown();
+}
