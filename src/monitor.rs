@@ -195,7 +195,8 @@ impl RuntimeMonitor {
             .count();
 
         // Instrumented stalls, each matched to the unparked worker whose
-        // metrics stopped last before the poll began.
+        // metrics stopped last before the poll began (and so stand still
+        // for at least as long as the poll has run).
         let mut stuck_sorted = stuck.clone();
         stuck_sorted.sort_by_key(|s| s.poll_start);
         let mut unmatched = active.clone();
@@ -209,7 +210,10 @@ impl RuntimeMonitor {
             let worker = match (pick, self.current_thread) {
                 (Some(idx), _) => Some(unmatched.remove(idx).0),
                 (None, true) => Some(0),
-                (None, false) => None,
+                // No worker stands still behind this poll: its thread gave
+                // the worker away (`block_in_place`) or is not a worker, so
+                // no worker is stalled.
+                (None, false) => continue,
             };
             found.push(Candidate {
                 key: StallKey::Poll {
@@ -233,7 +237,7 @@ impl RuntimeMonitor {
             .count();
         let not_frozen = self.workers.len().saturating_sub(frozen_count);
         let mut anonymous = frozen_count
-            .saturating_sub(stuck.len())
+            .saturating_sub(found.len())
             .saturating_sub(progressing_count.saturating_sub(not_frozen));
 
         // With hooks on every worker, find the threads that could be stuck:

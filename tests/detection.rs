@@ -492,3 +492,32 @@ fn mixed_workers_on_a_handle_only_runtime_report_only_the_stuck_one() {
     let _serial = serial();
     mixed_workers_report_only_the_stuck_one(multi_thread(3), "mixed-handle");
 }
+
+#[test]
+fn block_in_place_is_not_a_stall() {
+    let _serial = serial();
+    let (watchdog, reports) = start(STALL, CHECK);
+    let rt = multi_thread(2);
+    watchdog.watch_runtime("bip", rt.handle()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // The documented way to block: the worker hands its queue to another
+    // thread, and the runtime goes on. Instrumented, so the slot sees a long poll.
+    let task = rt.spawn(
+        async {
+            tokio::task::block_in_place(|| std::thread::sleep(Duration::from_millis(2500)));
+        }
+        .watched("bip"),
+    );
+    let ticks = rt.spawn(async {
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    rt.block_on(task).unwrap();
+    rt.block_on(ticks).unwrap();
+    assert!(
+        reports.all().is_empty(),
+        "false stalls: {:?}",
+        reports.all()
+    );
+}
