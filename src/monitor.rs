@@ -172,7 +172,7 @@ impl RuntimeMonitor {
             if s.poll_start != 0 {
                 now.saturating_sub(s.poll_start) < t.stall_ns
             } else {
-                s.last_poll_end != 0 && now.saturating_sub(s.last_poll_end) < t.stall_ns
+                s.last_completed != 0 && now.saturating_sub(s.last_completed) < t.stall_ns
             }
         };
 

@@ -56,8 +56,9 @@ pub(crate) struct ThreadInfo {
 pub(crate) struct Slot {
     /// Start of the outermost instrumented poll running on the thread (0 = none).
     poll_start: AtomicU64,
-    /// End of the last outermost instrumented poll (0 = none yet).
-    last_poll_end: AtomicU64,
+    /// Start of the last outermost instrumented poll that has completed
+    /// (0 = none yet): evidence that the thread makes progress.
+    last_completed: AtomicU64,
     /// Name of the innermost instrumented poll running now (null = none).
     task: AtomicPtr<NameEntry>,
     /// Park state from the runtime hooks, and since when.
@@ -75,7 +76,7 @@ impl Slot {
     const fn new() -> Self {
         Slot {
             poll_start: AtomicU64::new(0),
-            last_poll_end: AtomicU64::new(0),
+            last_completed: AtomicU64::new(0),
             task: AtomicPtr::new(std::ptr::null_mut()),
             park: AtomicU8::new(PARK_UNKNOWN),
             park_since: AtomicU64::new(0),
@@ -127,7 +128,7 @@ impl Drop for Local {
     fn drop(&mut self) {
         let slot = self.slot;
         slot.poll_start.store(0, Relaxed);
-        slot.last_poll_end.store(0, Relaxed);
+        slot.last_completed.store(0, Relaxed);
         slot.task.store(std::ptr::null_mut(), Relaxed);
         slot.park.store(PARK_UNKNOWN, Relaxed);
         slot.is_worker.store(false, Relaxed);
@@ -177,29 +178,34 @@ pub(crate) fn set_park_state(state: u8) {
 pub(crate) struct PollGuard {
     slot: &'static Slot,
     prev_task: *mut NameEntry,
-    outermost: bool,
+    /// Start of this poll when it is the outermost one, else 0.
+    outermost_start: u64,
 }
 
 /// Records the start of an instrumented poll named `name` on this thread.
 ///
 /// The hot path: one thread-local access, one clock read, two relaxed loads
-/// and two relaxed stores. Nested instrumented polls keep the outermost start
-/// (the thread is busy since then) and show the innermost name.
+/// and two relaxed stores here, three relaxed stores when the poll ends (no
+/// second clock read: the end records the start of the poll that completed).
+/// Nested instrumented polls keep the outermost start (the thread is busy
+/// since then) and show the innermost name.
 #[inline]
 pub(crate) fn enter(name: &'static NameEntry) -> Option<PollGuard> {
     let slot = local_slot()?;
     let start = now_ns();
-    let outermost = slot.poll_start.load(Relaxed) == 0;
-    if outermost {
+    let outermost_start = if slot.poll_start.load(Relaxed) == 0 {
         slot.poll_start.store(start, Relaxed);
-    }
+        start
+    } else {
+        0
+    };
     let prev_task = slot.task.load(Relaxed);
     slot.task
         .store(std::ptr::from_ref(name).cast_mut(), Relaxed);
     Some(PollGuard {
         slot,
         prev_task,
-        outermost,
+        outermost_start,
     })
 }
 
@@ -207,8 +213,10 @@ impl Drop for PollGuard {
     #[inline]
     fn drop(&mut self) {
         self.slot.task.store(self.prev_task, Relaxed);
-        if self.outermost {
-            self.slot.last_poll_end.store(now_ns(), Relaxed);
+        if self.outermost_start != 0 {
+            self.slot
+                .last_completed
+                .store(self.outermost_start, Relaxed);
             self.slot.poll_start.store(0, Relaxed);
         }
     }
@@ -220,7 +228,7 @@ pub(crate) struct SlotView {
     /// Identity of the slot (stable while its thread lives).
     pub(crate) id: usize,
     pub(crate) poll_start: u64,
-    pub(crate) last_poll_end: u64,
+    pub(crate) last_completed: u64,
     pub(crate) task: Option<&'static str>,
     pub(crate) park: u8,
     pub(crate) park_since: u64,
@@ -252,7 +260,7 @@ pub(crate) fn snapshot() -> Vec<SlotView> {
         views.push(SlotView {
             id: std::ptr::from_ref(slot) as usize,
             poll_start,
-            last_poll_end: slot.last_poll_end.load(Relaxed),
+            last_completed: slot.last_completed.load(Relaxed),
             task,
             park: slot.park.load(Relaxed),
             park_since: slot.park_since.load(Relaxed),
