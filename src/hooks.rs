@@ -6,6 +6,11 @@
 //! start (name and id, for stall evidence) and when each one parks, which
 //! makes detection of uninstrumented stalls sharper on multi-thread runtimes.
 //!
+//! Under `--cfg tokio_unstable`, the task poll hooks are installed too: every
+//! task poll is then recorded like an instrumented one, named by the task's
+//! spawn location (`file:line`), which makes detection exact for every task
+//! of the runtime.
+//!
 //! Tokio keeps one callback per hook, so `install_runtime_hooks` replaces
 //! `on_thread_start`, `on_thread_park` and `on_thread_unpark` set before it.
 //! To keep your own, call [`thread_started`], [`thread_parked`] and
@@ -33,7 +38,12 @@ pub fn install_runtime_hooks(
     builder
         .on_thread_start(thread_started)
         .on_thread_park(thread_parked)
-        .on_thread_unpark(thread_unparked)
+        .on_thread_unpark(thread_unparked);
+    #[cfg(tokio_unstable)]
+    builder
+        .on_before_task_poll(|meta| slot::task_hooks::poll_started(meta.spawned_at()))
+        .on_after_task_poll(|_| slot::task_hooks::poll_ended());
+    builder
 }
 
 /// Registers the calling runtime thread with loopwatch. Call it from your own

@@ -43,7 +43,11 @@
 //! called stalled. For uninstrumented tasks, a worker is not called stalled
 //! while each of its polls stays shorter than `stall_threshold / 61`.
 //! A heartbeat task on each runtime measures scheduling lag.
-//! [`install_runtime_hooks`] makes detection sharper on runtimes you build.
+//! [`install_runtime_hooks`] makes detection sharper on runtimes you build,
+//! and exact for every task under `--cfg tokio_unstable` (task poll hooks).
+//! On Linux, a current-thread runtime that looks stuck is told apart from one
+//! nobody drives by sampling its driver thread's stack (see
+//! [`Builder::sample_stacks`]).
 //!
 //! # Features
 //!

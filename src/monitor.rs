@@ -31,6 +31,9 @@ struct WorkerTrack {
     last: Option<Triple>,
     /// When `last` was first seen (ns).
     changed_at: u64,
+    /// When the value before `last` was last seen (ns): the change happened
+    /// after this, even when a check ran late.
+    changed_after: u64,
 }
 
 /// Watchdog-side state of one watched runtime.
@@ -47,6 +50,8 @@ pub(crate) struct RuntimeMonitor {
     driven: Option<(DrivenKey, u64, bool)>,
     /// When the heartbeat task was last woken (ns).
     pub(crate) last_poke: u64,
+    /// When the metrics were last read (ns).
+    last_sample: u64,
 }
 
 /// The state a "driven?" verdict was reached in: it holds while nothing moves.
@@ -101,11 +106,13 @@ impl RuntimeMonitor {
                 .map(|_| WorkerTrack {
                     last: None,
                     changed_at: entry.watched_at,
+                    changed_after: 0,
                 })
                 .collect(),
             beat: entry.beat.view(),
             driven: None,
             last_poke: 0,
+            last_sample: 0,
             entry,
         }
     }
@@ -122,8 +129,10 @@ impl RuntimeMonitor {
             if triple != w.last {
                 w.last = triple;
                 w.changed_at = now;
+                w.changed_after = self.last_sample;
             }
         }
+        self.last_sample = now;
     }
 
     /// Whether this is a current-thread runtime that nobody drives now (idle,
@@ -178,25 +187,26 @@ impl RuntimeMonitor {
 
         // Workers not parked, with when their metrics last moved; the frozen
         // ones (for the threshold or longer) come first, longest frozen first.
-        let mut active: Vec<(usize, u64)> = self
+        // Entries: (worker, changed_at, changed_after).
+        let mut active: Vec<(usize, u64, u64)> = self
             .workers
             .iter()
             .enumerate()
             .filter_map(|(i, w)| {
                 let (park_unpark, _, _) = w.last?;
-                (park_unpark % 2 == 0).then_some((i, w.changed_at))
+                (park_unpark % 2 == 0).then_some((i, w.changed_at, w.changed_after))
             })
             .collect();
-        active.sort_by_key(|&(_, since)| since);
+        active.sort_by_key(|&(_, since, _)| since);
         let is_frozen = |since: u64| now.saturating_sub(since) >= t.stall_ns;
         let frozen_count = active
             .iter()
-            .filter(|&&(_, since)| is_frozen(since))
+            .filter(|&&(_, since, _)| is_frozen(since))
             .count();
 
-        // Instrumented stalls, each matched to the unparked worker whose
-        // metrics stopped last before the poll began (and so stand still
-        // for at least as long as the poll has run).
+        // Instrumented stalls, each matched to an unparked worker whose
+        // metrics may have stopped before the poll began (and so stand still
+        // for at least as long as the poll has run); the latest such.
         let mut stuck_sorted = stuck.clone();
         stuck_sorted.sort_by_key(|s| s.poll_start);
         let mut unmatched = active.clone();
@@ -204,8 +214,8 @@ impl RuntimeMonitor {
             let pick = unmatched
                 .iter()
                 .enumerate()
-                .filter(|(_, &(_, since))| since <= s.poll_start.saturating_add(t.check_ns))
-                .max_by_key(|(_, &(_, since))| since)
+                .filter(|(_, &(_, _, after))| after <= s.poll_start)
+                .max_by_key(|(_, &(_, _, after))| after)
                 .map(|(idx, _)| idx);
             let worker = match (pick, self.current_thread) {
                 (Some(idx), _) => Some(unmatched.remove(idx).0),
@@ -228,7 +238,7 @@ impl RuntimeMonitor {
                 thread: s.info.name.clone(),
             });
         }
-        unmatched.retain(|&(_, since)| is_frozen(since));
+        unmatched.retain(|&(_, since, _)| is_frozen(since));
 
         // Uninstrumented stalls.
         let progressing_count = mine
@@ -237,7 +247,7 @@ impl RuntimeMonitor {
             .count();
         let not_frozen = self.workers.len().saturating_sub(frozen_count);
         let mut anonymous = frozen_count
-            .saturating_sub(found.len())
+            .saturating_sub(stuck.len())
             .saturating_sub(progressing_count.saturating_sub(not_frozen));
 
         // With hooks on every worker, find the threads that could be stuck:
@@ -266,7 +276,7 @@ impl RuntimeMonitor {
             anonymous = 0;
         }
 
-        for (n, &(worker, since)) in unmatched.iter().take(anonymous).enumerate() {
+        for (n, &(worker, since, _)) in unmatched.iter().take(anonymous).enumerate() {
             let thread = if named {
                 suspects.get(n).and_then(|s| s.info.name.clone())
             } else {

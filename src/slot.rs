@@ -270,3 +270,60 @@ pub(crate) fn snapshot() -> Vec<SlotView> {
     }
     views
 }
+
+/// Task poll hooks (`--cfg tokio_unstable`): every task poll of a runtime
+/// built with [`crate::install_runtime_hooks`] is recorded like an
+/// instrumented poll, named by the task's spawn location.
+#[cfg(tokio_unstable)]
+pub(crate) mod task_hooks {
+    use std::cell::Cell;
+    use std::collections::HashMap;
+    use std::panic::Location;
+    use std::sync::LazyLock;
+
+    use parking_lot::RwLock;
+
+    use super::{enter, NameEntry, PollGuard};
+
+    thread_local! {
+        static GUARD: Cell<Option<PollGuard>> = const { Cell::new(None) };
+        /// Last spawn locations seen on this thread, so that the shared map is
+        /// read only on a miss.
+        static CACHE: Cell<[(usize, Option<&'static NameEntry>); 16]> =
+            const { Cell::new([(0, None); 16]) };
+    }
+
+    static LOCATIONS: LazyLock<RwLock<HashMap<usize, &'static NameEntry>>> =
+        LazyLock::new(|| RwLock::new(HashMap::new()));
+
+    fn name_of(at: &'static Location<'static>) -> &'static NameEntry {
+        let key = std::ptr::from_ref(at) as usize;
+        let index = (key >> 4) % 16;
+        let mut cache = CACHE.with(Cell::get);
+        if let (k, Some(entry)) = cache[index] {
+            if k == key {
+                return entry;
+            }
+        }
+        let known = LOCATIONS.read().get(&key).copied();
+        let entry = known.unwrap_or_else(|| {
+            *LOCATIONS.write().entry(key).or_insert_with(|| {
+                let name: &'static str =
+                    Box::leak(format!("{}:{}", at.file(), at.line()).into_boxed_str());
+                super::intern(name)
+            })
+        });
+        cache[index] = (key, Some(entry));
+        CACHE.with(|c| c.set(cache));
+        entry
+    }
+
+    pub(crate) fn poll_started(at: &'static Location<'static>) {
+        let guard = enter(name_of(at));
+        drop(GUARD.with(|g| g.replace(guard)));
+    }
+
+    pub(crate) fn poll_ended() {
+        drop(GUARD.with(Cell::take));
+    }
+}

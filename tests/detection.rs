@@ -521,3 +521,59 @@ fn block_in_place_is_not_a_stall() {
         reports.all()
     );
 }
+
+/// Under `--cfg tokio_unstable`, loopwatch's task poll hooks record every
+/// task poll: an uninstrumented stall is named by its spawn location, and
+/// uninstrumented slow polls are progress, exactly.
+#[cfg(tokio_unstable)]
+mod unstable {
+    use super::*;
+
+    #[test]
+    fn unstable_hooks_name_an_uninstrumented_stall_by_spawn_location() {
+        let _serial = serial();
+        let (watchdog, reports) = start(STALL, CHECK);
+        let rt = hooked_multi_thread(2, "unstable-worker");
+        watchdog.watch_runtime("unstable", rt.handle()).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        let line = line!() + 1;
+        let task = rt.spawn(async { std::thread::sleep(Duration::from_millis(2000)) });
+        let (_, report) = reports
+            .wait_first("unstable", Duration::from_secs(5))
+            .expect("reported");
+        let task_name = report.task.clone().unwrap_or_default();
+        assert!(
+            task_name.ends_with(&format!("detection.rs:{line}")),
+            "{report:?}"
+        );
+        rt.block_on(task).unwrap();
+    }
+
+    #[test]
+    fn unstable_hooks_make_uninstrumented_300ms_polls_progress() {
+        let _serial = serial();
+        let (watchdog, reports) = start(Duration::from_secs(2), CHECK);
+        let rt = hooked_multi_thread(2, "unstable-slow");
+        watchdog
+            .watch_runtime("unstable-slow", rt.handle())
+            .unwrap();
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                rt.spawn(async {
+                    for _ in 0..15 {
+                        std::thread::sleep(Duration::from_millis(300));
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            rt.block_on(t).unwrap();
+        }
+        assert!(
+            reports.all().is_empty(),
+            "false stalls: {:?}",
+            reports.all()
+        );
+    }
+}
