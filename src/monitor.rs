@@ -117,6 +117,10 @@ impl RuntimeMonitor {
         }
     }
 
+    pub(crate) fn is_current_thread(&self) -> bool {
+        self.current_thread
+    }
+
     pub(crate) fn num_workers(&self) -> usize {
         self.workers.len()
     }
@@ -350,11 +354,7 @@ impl RuntimeMonitor {
             true
         } else {
             match crate::stack::capture(key.driver_tid, std::time::Duration::from_millis(100)) {
-                Ok(frames) => crate::stack::any_symbol_contains(
-                    &frames,
-                    "tokio::runtime::scheduler::current_thread::",
-                )
-                .unwrap_or(true),
+                Ok(frames) => crate::stack::in_current_thread_scheduler(&frames).unwrap_or(true),
                 // The driver thread exited: nobody drives the runtime.
                 Err(crate::stack::CaptureError::NoSuchThread) => false,
                 #[allow(unreachable_patterns)]

@@ -2,8 +2,9 @@
 //!
 //! The watchdog sends a real-time signal to one thread with `tgkill`; the
 //! handler, running on that thread, walks the thread's stack into a static
-//! buffer (no allocation, no lock, `errno` saved) and returns. Symbols are
-//! resolved afterwards, on the watchdog thread.
+//! buffer (no allocation, no lock, `errno` saved) and returns. The frames are
+//! classified afterwards, on the watchdog thread, against the executable's
+//! symbol table.
 //!
 //! Used to tell whether a current-thread runtime that looks stuck is being
 //! driven at all (its driver thread is inside tokio's current-thread
@@ -153,27 +154,72 @@ mod imp {
         Ok(frames)
     }
 
-    /// Whether any frame's symbol contains `needle`; `None` when no frame
-    /// could be resolved at all (a stripped binary).
-    pub(crate) fn any_symbol_contains(frames: &[usize], needle: &str) -> Option<bool> {
-        let mut resolved = false;
-        for (i, &ip) in frames.iter().enumerate() {
+    /// Address ranges (at run time) of the functions of tokio's
+    /// current-thread scheduler in this executable, read once from its ELF
+    /// symbol table; `None` when there is no symbol table to read.
+    static SCHEDULER: OnceLock<Option<Vec<(usize, usize)>>> = OnceLock::new();
+
+    fn load_scheduler_ranges() -> Option<Vec<(usize, usize)>> {
+        use object::{Object, ObjectSymbol, SymbolKind};
+        let data = std::fs::read("/proc/self/exe").ok()?;
+        let file = object::File::parse(&*data).ok()?;
+        let bias = main_program_bias()?;
+        let mut ranges: Vec<(usize, usize)> = file
+            .symbols()
+            .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0)
+            .filter(|s| {
+                // Mangled names (legacy and v0) keep the path segments as text.
+                s.name_bytes()
+                    .is_ok_and(|n| contains(n, b"tokio") && contains(n, b"current_thread"))
+            })
+            .filter_map(|s| {
+                let start = usize::try_from(s.address()).ok()?.checked_add(bias)?;
+                let len = usize::try_from(s.size()).ok()?.max(1);
+                Some((start, start.checked_add(len)?))
+            })
+            .collect();
+        ranges.sort_unstable();
+        (!ranges.is_empty()).then_some(ranges)
+    }
+
+    fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+        haystack.windows(needle.len()).any(|w| w == needle)
+    }
+
+    /// The load bias of the main executable (0 unless it is position independent).
+    fn main_program_bias() -> Option<usize> {
+        unsafe extern "C" fn first(
+            info: *mut libc::dl_phdr_info,
+            _size: libc::size_t,
+            data: *mut libc::c_void,
+        ) -> libc::c_int {
+            // SAFETY: the loader hands a valid info; data is our `usize`.
+            unsafe { *data.cast::<usize>() = (*info).dlpi_addr as usize };
+            1 // the first object is the main program; stop there
+        }
+        let mut bias: usize = usize::MAX;
+        // SAFETY: the callback only writes through `data`, which outlives the call.
+        unsafe { libc::dl_iterate_phdr(Some(first), std::ptr::from_mut(&mut bias).cast()) };
+        (bias != usize::MAX).then_some(bias)
+    }
+
+    /// Reads the symbol table now (a few tens of milliseconds once), so that
+    /// the first check of a stall does not pay for it.
+    pub(crate) fn warm_up() {
+        SCHEDULER.get_or_init(load_scheduler_ranges);
+    }
+
+    /// Whether any frame lies in tokio's current-thread scheduler: the
+    /// thread is inside that scheduler's `block_on`. `None` when it cannot be
+    /// told (no symbol table, or the scheduler's functions were all inlined).
+    pub(crate) fn in_current_thread_scheduler(frames: &[usize]) -> Option<bool> {
+        let ranges = SCHEDULER.get_or_init(load_scheduler_ranges).as_ref()?;
+        Some(frames.iter().enumerate().any(|(i, &ip)| {
             // Return addresses point after the call; look up the call itself.
             let addr = if i == 0 { ip } else { ip.saturating_sub(1) };
-            let mut found = false;
-            backtrace::resolve(addr as *mut std::ffi::c_void, |symbol| {
-                if let Some(name) = symbol.name() {
-                    resolved = true;
-                    if name.to_string().contains(needle) {
-                        found = true;
-                    }
-                }
-            });
-            if found {
-                return Some(true);
-            }
-        }
-        resolved.then_some(false)
+            let idx = ranges.partition_point(|&(start, _)| start <= addr);
+            idx > 0 && addr < ranges[idx - 1].1
+        }))
     }
 
     thread_local! {
@@ -206,9 +252,11 @@ mod imp_none {
         Err(CaptureError::Unavailable)
     }
 
-    pub(crate) fn any_symbol_contains(_frames: &[usize], _needle: &str) -> Option<bool> {
+    pub(crate) fn in_current_thread_scheduler(_frames: &[usize]) -> Option<bool> {
         None
     }
+
+    pub(crate) fn warm_up() {}
 
     pub(crate) fn current_tid() -> i64 {
         0

@@ -522,6 +522,8 @@ struct Checker {
     monitors: Vec<RuntimeMonitor>,
     totals: std::collections::HashMap<u64, RuntimeTotals>,
     stalls: StallMachine,
+    /// Whether the symbol table has been asked for.
+    warmed_up: bool,
 }
 
 /// How often the heartbeat task of each runtime is woken: a tenth of the
@@ -545,6 +547,7 @@ fn run(shared: &Arc<Shared>, stop: &mpsc::Receiver<()>) {
         monitors: Vec::new(),
         totals: std::collections::HashMap::new(),
         stalls: StallMachine::new(config.stall_threshold, config.max_reports_per_minute),
+        warmed_up: false,
     };
     tracing::debug!(target: "loopwatch", ?config, "watchdog started");
     // Returns at once when the handle drops the sender (shutdown).
@@ -563,7 +566,15 @@ impl Checker {
             .retain(|m| registered.iter().any(|r| Arc::ptr_eq(r, &m.entry)));
         for entry in registered.iter() {
             if !self.monitors.iter().any(|m| Arc::ptr_eq(&m.entry, entry)) {
-                self.monitors.push(RuntimeMonitor::new(entry.clone()));
+                let monitor = RuntimeMonitor::new(entry.clone());
+                if monitor.is_current_thread() && self.thresholds.sample_stacks && !self.warmed_up {
+                    // Read the symbol table before any stall needs it.
+                    self.warmed_up = true;
+                    let _ = std::thread::Builder::new()
+                        .name("loopwatch-symbols".into())
+                        .spawn(crate::stack::warm_up);
+                }
+                self.monitors.push(monitor);
             }
         }
     }
