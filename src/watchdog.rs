@@ -158,7 +158,9 @@ impl Builder {
     /// Called on the watchdog thread when a stall is first flagged and again
     /// at each escalation (2x, 4x, ... the threshold). A panic in it is
     /// caught, logged and counted (`loopwatch_callback_panics_total`); the
-    /// watchdog goes on. Keep it short: the watchdog waits for it.
+    /// watchdog goes on. Keep it short: the watchdog waits for it. Do not
+    /// move a clone of the [`Watchdog`] into it: the watchdog would then keep
+    /// itself alive and stop only on an explicit [`Watchdog::shutdown`].
     pub fn on_stall<F>(mut self, callback: F) -> Self
     where
         F: Fn(&StallReport) + Send + Sync + 'static,
@@ -441,6 +443,10 @@ impl Watchdog {
 
     /// A snapshot of the watched runtimes' state, refreshed at every check.
     /// Serialize it with serde for the JSON of `/health`.
+    ///
+    /// The status is `stalled` while any worker is stalled; after a stall it
+    /// is `degraded` for a minute (the stall shows in `issues`), then
+    /// `healthy` again.
     pub fn health(&self) -> Health {
         Health::clone(&self.inner.shared.health.lock())
     }
