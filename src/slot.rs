@@ -6,6 +6,7 @@
 //! per check. Slots are leaked once and reused when their thread exits, so the
 //! registry's size is bounded by the largest number of threads alive at once.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, LazyLock};
@@ -95,6 +96,9 @@ static SLOTS: Mutex<Vec<&'static Slot>> = Mutex::new(Vec::new());
 /// The thread-local owner of a slot; gives the slot back when the thread exits.
 struct Local {
     slot: &'static Slot,
+    /// Whether the thread has been checked for being a runtime worker since
+    /// it took the slot (at its first instrumented poll).
+    worker_checked: Cell<bool>,
 }
 
 impl Local {
@@ -117,10 +121,10 @@ impl Local {
             }
         };
         *slot.info.lock() = current_thread_info();
-        if tokio::task::try_id().is_some() {
-            slot.is_worker.store(true, Relaxed);
+        Local {
+            slot,
+            worker_checked: Cell::new(false),
         }
-        Local { slot }
     }
 }
 
@@ -153,6 +157,32 @@ fn current_thread_info() -> ThreadInfo {
 #[inline]
 fn local_slot() -> Option<&'static Slot> {
     LOCAL.try_with(|l| l.slot).ok()
+}
+
+/// The current thread's slot, for an instrumented poll. The first such poll
+/// after the slot was taken tells whether the thread runs spawned tasks (a
+/// runtime worker) rather than a `block_on` future.
+#[inline]
+fn poll_slot() -> Option<&'static Slot> {
+    LOCAL
+        .try_with(|l| {
+            if !l.worker_checked.get() {
+                l.worker_checked.set(true);
+                if tokio::task::try_id().is_some() {
+                    l.slot.is_worker.store(true, Relaxed);
+                }
+            }
+            l.slot
+        })
+        .ok()
+}
+
+/// Marks the current thread as a runtime worker.
+#[cfg(tokio_unstable)]
+fn mark_worker() {
+    if let Some(slot) = local_slot() {
+        slot.is_worker.store(true, Relaxed);
+    }
 }
 
 /// Makes sure the current thread has a slot and refreshes what is known about
@@ -191,7 +221,7 @@ pub(crate) struct PollGuard {
 /// since then) and show the innermost name.
 #[inline]
 pub(crate) fn enter(name: &'static NameEntry) -> Option<PollGuard> {
-    let slot = local_slot()?;
+    let slot = poll_slot()?;
     let start = now_ns();
     let outermost_start = if slot.poll_start.load(Relaxed) == 0 {
         slot.poll_start.store(start, Relaxed);
@@ -319,6 +349,8 @@ pub(crate) mod task_hooks {
     }
 
     pub(crate) fn poll_started(at: &'static Location<'static>) {
+        // Task poll hooks run on workers only, before the task id is set.
+        super::mark_worker();
         let guard = enter(name_of(at));
         drop(GUARD.with(|g| g.replace(guard)));
     }

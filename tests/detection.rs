@@ -4,7 +4,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{current_thread, multi_thread, serial, spin, start, wait_until};
+use common::{
+    current_thread, multi_thread, run_slow_polls, serial, spawn_block, spin, start, wait_until,
+};
 use loopwatch::{Status, WatchExt as _};
 
 const STALL: Duration = Duration::from_secs(1);
@@ -33,12 +35,7 @@ fn multi_thread_uninstrumented_sleep_is_flagged_while_it_lasts() {
     watchdog.watch_runtime("mt", rt.handle()).unwrap();
     std::thread::sleep(Duration::from_millis(200));
 
-    let (tx, rx) = std::sync::mpsc::channel();
-    let task = rt.spawn(async move {
-        tx.send(Instant::now()).unwrap();
-        std::thread::sleep(Duration::from_millis(2500));
-    });
-    let began = rx.recv().unwrap();
+    let (task, began) = spawn_block(&rt, Duration::from_millis(2500), None);
     let (at, report) = reports
         .wait_first("mt", Duration::from_secs(5))
         .expect("a stall is reported while the worker sleeps");
@@ -106,15 +103,7 @@ fn instrumented_stall_names_the_task_and_thread() {
     watchdog.watch_runtime("named", rt.handle()).unwrap();
     std::thread::sleep(Duration::from_millis(200));
 
-    let (tx, rx) = std::sync::mpsc::channel();
-    let task = rt.spawn(
-        async move {
-            tx.send(Instant::now()).unwrap();
-            std::thread::sleep(Duration::from_millis(2000));
-        }
-        .watched("ingest"),
-    );
-    let began = rx.recv().unwrap();
+    let (task, began) = spawn_block(&rt, Duration::from_millis(2000), Some("ingest"));
     let (at, report) = reports
         .wait_first("named", Duration::from_secs(5))
         .expect("reported");
@@ -281,26 +270,9 @@ fn uninstrumented_20ms_polls_are_never_a_stall() {
     let (watchdog, reports) = start(Duration::from_secs(2), CHECK);
     let rt = multi_thread(2);
     watchdog.watch_runtime("busy", rt.handle()).unwrap();
-    // Many tasks, each a chain of 20 ms blocking polls: workers never park for 4 s.
-    let tasks: Vec<_> = (0..8)
-        .map(|_| {
-            rt.spawn(async {
-                let start = Instant::now();
-                while start.elapsed() < Duration::from_secs(4) {
-                    std::thread::sleep(Duration::from_millis(20));
-                    tokio::task::yield_now().await;
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        rt.block_on(t).unwrap();
-    }
-    assert!(
-        reports.all().is_empty(),
-        "false stalls: {:?}",
-        reports.all()
-    );
+    // Eight tasks, each a chain of 20 ms blocking polls: workers never park for 4 s.
+    run_slow_polls(&rt, 8, 100, Duration::from_millis(20), None);
+    reports.assert_none();
     assert_eq!(watchdog.health().runtimes[0].stalls_total, 0);
 }
 
@@ -312,27 +284,8 @@ fn instrumented_300ms_polls_are_never_a_stall() {
     watchdog.watch_runtime("slow", rt.handle()).unwrap();
     // 300 ms polls back to back: tokio publishes only every 61 polls (18 s),
     // but every poll completes.
-    let tasks: Vec<_> = (0..4)
-        .map(|_| {
-            rt.spawn(
-                async {
-                    for _ in 0..15 {
-                        std::thread::sleep(Duration::from_millis(300));
-                        tokio::task::yield_now().await;
-                    }
-                }
-                .watched("slow-polls"),
-            )
-        })
-        .collect();
-    for t in tasks {
-        rt.block_on(t).unwrap();
-    }
-    assert!(
-        reports.all().is_empty(),
-        "false stalls: {:?}",
-        reports.all()
-    );
+    run_slow_polls(&rt, 4, 15, Duration::from_millis(300), Some("slow-polls"));
+    reports.assert_none();
 }
 
 #[test]
@@ -357,11 +310,7 @@ fn spin_polls_on_a_current_thread_runtime_are_never_a_stall() {
             t.await.unwrap();
         }
     });
-    assert!(
-        reports.all().is_empty(),
-        "false stalls: {:?}",
-        reports.all()
-    );
+    reports.assert_none();
 }
 
 #[test]
@@ -375,11 +324,7 @@ fn idle_runtimes_are_healthy() {
     ct.block_on(async { tokio::time::sleep(Duration::from_millis(100)).await });
     // Nobody drives the current-thread runtime from here on.
     std::thread::sleep(STALL * 3);
-    assert!(
-        reports.all().is_empty(),
-        "false stalls: {:?}",
-        reports.all()
-    );
+    reports.assert_none();
     let health = watchdog.health();
     assert_eq!(health.status, Status::Healthy, "{health:?}");
     let mt_health = health
@@ -433,12 +378,7 @@ fn hooked_runtime_names_the_thread_of_an_uninstrumented_stall() {
     let rt = hooked_multi_thread(2, "hooked-worker");
     watchdog.watch_runtime("hooked", rt.handle()).unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let task = rt.spawn(async move {
-        tx.send(Instant::now()).unwrap();
-        std::thread::sleep(Duration::from_millis(2000));
-    });
-    let began = rx.recv().unwrap();
+    let (task, began) = spawn_block(&rt, Duration::from_millis(2000), None);
     let (at, report) = reports
         .wait_first("hooked", Duration::from_secs(5))
         .expect("reported");
@@ -515,11 +455,7 @@ fn block_in_place_is_not_a_stall() {
     });
     rt.block_on(task).unwrap();
     rt.block_on(ticks).unwrap();
-    assert!(
-        reports.all().is_empty(),
-        "false stalls: {:?}",
-        reports.all()
-    );
+    reports.assert_none();
 }
 
 /// Under `--cfg tokio_unstable`, loopwatch's task poll hooks record every
@@ -557,23 +493,7 @@ mod unstable {
         watchdog
             .watch_runtime("unstable-slow", rt.handle())
             .unwrap();
-        let tasks: Vec<_> = (0..4)
-            .map(|_| {
-                rt.spawn(async {
-                    for _ in 0..15 {
-                        std::thread::sleep(Duration::from_millis(300));
-                        tokio::task::yield_now().await;
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            rt.block_on(t).unwrap();
-        }
-        assert!(
-            reports.all().is_empty(),
-            "false stalls: {:?}",
-            reports.all()
-        );
+        run_slow_polls(&rt, 4, 15, Duration::from_millis(300), None);
+        reports.assert_none();
     }
 }

@@ -98,3 +98,61 @@ pub fn spin(d: Duration) {
         std::hint::spin_loop();
     }
 }
+
+/// Spawns `tasks` tasks on `rt`, each running `polls` polls that block for
+/// `poll` (a `std::thread::sleep`), instrumented under `name` when given, and
+/// waits for them all.
+pub fn run_slow_polls(
+    rt: &tokio::runtime::Runtime,
+    tasks: usize,
+    polls: usize,
+    poll: Duration,
+    name: Option<&'static str>,
+) {
+    use loopwatch::WatchExt as _;
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let work = async move {
+                for _ in 0..polls {
+                    std::thread::sleep(poll);
+                    tokio::task::yield_now().await;
+                }
+            };
+            match name {
+                Some(name) => rt.spawn(work.watched(name)),
+                None => rt.spawn(work),
+            }
+        })
+        .collect();
+    for h in handles {
+        rt.block_on(h).expect("slow-poll task");
+    }
+}
+
+/// Spawns a task that blocks its worker with `std::thread::sleep(block)`,
+/// instrumented under `name` when given; returns the task and when the block began.
+pub fn spawn_block(
+    rt: &tokio::runtime::Runtime,
+    block: Duration,
+    name: Option<&'static str>,
+) -> (tokio::task::JoinHandle<()>, Instant) {
+    use loopwatch::WatchExt as _;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let work = async move {
+        tx.send(Instant::now()).expect("test waits for the start");
+        std::thread::sleep(block);
+    };
+    let task = match name {
+        Some(name) => rt.spawn(work.watched(name)),
+        None => rt.spawn(work),
+    };
+    (task, rx.recv().expect("the task starts"))
+}
+
+impl Reports {
+    /// Asserts that no stall was reported.
+    pub fn assert_none(&self) {
+        let all = self.all();
+        assert!(all.is_empty(), "false stalls: {all:?}");
+    }
+}
