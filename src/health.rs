@@ -53,6 +53,8 @@ pub struct Health {
     pub runtimes: Vec<RuntimeHealth>,
     /// Outcomes of tasks spawned through loopwatch.
     pub tasks: TaskCounts,
+    /// The oldest hung tasks (alive, not polled for the hung-task threshold), at most five.
+    pub hung_tasks: Vec<HungTask>,
     /// Instrumented calls, by name.
     pub calls: BTreeMap<String, CallCounts>,
     /// The process's resources.
@@ -111,6 +113,16 @@ pub struct TaskCounts {
     pub alive: u64,
     pub hung: u64,
     pub slow_polls: u64,
+}
+
+/// A live task not polled for the hung-task threshold.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+#[non_exhaustive]
+pub struct HungTask {
+    /// The task's name.
+    pub task: String,
+    /// Seconds since it was last polled (or spawned, if never polled).
+    pub idle_seconds: f64,
 }
 
 /// Counts for one instrumented call name.

@@ -15,7 +15,9 @@ use parking_lot::Mutex;
 use crate::clock::now_ns;
 use crate::slot::{self, NameEntry};
 
-static NAME: LazyLock<&'static NameEntry> = LazyLock::new(|| slot::intern("loopwatch.heartbeat"));
+/// The heartbeat's own name: not in the name registry, so not exported as a task.
+static NAME: LazyLock<&'static NameEntry> =
+    LazyLock::new(|| NameEntry::unlisted("loopwatch.heartbeat"));
 
 /// State shared by a heartbeat task and the watchdog thread.
 #[derive(Debug, Default)]

@@ -31,6 +31,14 @@
 //! }
 //! ```
 //!
+//! # Tasks
+//!
+//! Spawn through [`spawn_named`], [`spawn`] or [`spawn_fallible`] instead of
+//! `tokio::spawn`, and loopwatch counts every task's outcome per name
+//! (spawned, completed, failed, panicked, cancelled, alive), finds hung
+//! tasks (alive, not polled for `hung_task_threshold`) and slow polls (one
+//! poll of `blocking_threshold` or longer), all in [`Health`] and metrics.
+//!
 //! # How stalls are found
 //!
 //! Stable tokio publishes each worker's park count and busy time when the
@@ -64,10 +72,14 @@ mod health;
 mod heartbeat;
 mod hooks;
 mod monitor;
+mod names;
+mod poll;
 pub mod series;
 mod slot;
 mod stack;
 mod stall;
+mod task;
+mod usage;
 mod watchdog;
 mod watched;
 
@@ -76,7 +88,9 @@ pub use health::{
     CallCounts, Health, ProcessHealth, RuntimeHealth, StalledWorker, Status, TaskCounts,
 };
 pub use hooks::{install_runtime_hooks, thread_parked, thread_started, thread_unparked};
+pub use names::{MAX_NAMES, OTHER};
 pub use stall::StallReport;
+pub use task::{spawn, spawn_fallible, spawn_named};
 pub use watchdog::{Builder, Watchdog};
 pub use watched::{WatchExt, Watched};
 

@@ -91,3 +91,131 @@ pub(crate) fn report_suppressed() {
 pub(crate) fn callback_panicked() {
     counter!(CALLBACK_PANICS_TOTAL).increment(1);
 }
+
+/// Tasks spawned through loopwatch, by task name.
+pub const TASKS_SPAWNED_TOTAL: &str = "loopwatch_tasks_spawned_total";
+/// Tasks that completed (an `Ok` for fallible tasks), by task name.
+pub const TASKS_COMPLETED_TOTAL: &str = "loopwatch_tasks_completed_total";
+/// Tasks that failed, by task name and reason (`error` or `panic`).
+pub const TASKS_FAILED_TOTAL: &str = "loopwatch_tasks_failed_total";
+/// Tasks dropped or aborted before completing, by task name.
+pub const TASKS_CANCELLED_TOTAL: &str = "loopwatch_tasks_cancelled_total";
+/// Tasks alive now, by task name.
+pub const TASKS_ALIVE: &str = "loopwatch_tasks_alive";
+/// Alive tasks not polled for the hung-task threshold, by task name.
+pub const TASKS_HUNG: &str = "loopwatch_tasks_hung";
+/// Polls that took the blocking threshold or longer, by task name.
+pub const SLOW_POLLS_TOTAL: &str = "loopwatch_slow_polls_total";
+/// Poll durations, by task name.
+pub const POLL_DURATION_SECONDS: &str = "loopwatch_poll_duration_seconds";
+/// Instrumented calls, by call name and outcome (`ok`, `error`, `panic`).
+pub const CALLS_TOTAL: &str = "loopwatch_calls_total";
+/// Sync calls that ran the blocking threshold or longer on an async worker thread, by call name.
+pub const BLOCKING_CALLS_TOTAL: &str = "loopwatch_blocking_calls_total";
+/// Calls that took the slow-call threshold or longer, by call name.
+pub const SLOW_CALLS_TOTAL: &str = "loopwatch_slow_calls_total";
+/// Call durations, by call name.
+pub const CALL_DURATION_SECONDS: &str = "loopwatch_call_duration_seconds";
+
+pub(crate) fn describe_usage() {
+    describe_counter!(
+        TASKS_SPAWNED_TOTAL,
+        Unit::Count,
+        "Tasks spawned through loopwatch."
+    );
+    describe_counter!(
+        TASKS_COMPLETED_TOTAL,
+        Unit::Count,
+        "Tasks that completed (Ok for fallible tasks)."
+    );
+    describe_counter!(
+        TASKS_FAILED_TOTAL,
+        Unit::Count,
+        "Tasks that failed: returned Err (reason=error) or panicked (reason=panic)."
+    );
+    describe_counter!(
+        TASKS_CANCELLED_TOTAL,
+        Unit::Count,
+        "Tasks dropped or aborted before completing."
+    );
+    describe_gauge!(TASKS_ALIVE, Unit::Count, "Tasks spawned and not ended.");
+    describe_gauge!(
+        TASKS_HUNG,
+        Unit::Count,
+        "Alive tasks not polled for the hung-task threshold."
+    );
+    describe_counter!(
+        SLOW_POLLS_TOTAL,
+        Unit::Count,
+        "Polls that took the blocking threshold or longer."
+    );
+    describe_histogram!(
+        POLL_DURATION_SECONDS,
+        Unit::Seconds,
+        "Poll durations of instrumented tasks."
+    );
+    describe_counter!(CALLS_TOTAL, Unit::Count, "Instrumented calls, by outcome.");
+    describe_counter!(
+        BLOCKING_CALLS_TOTAL,
+        Unit::Count,
+        "Sync calls that ran the blocking threshold or longer on an async worker thread."
+    );
+    describe_counter!(
+        SLOW_CALLS_TOTAL,
+        Unit::Count,
+        "Calls that took the slow-call threshold or longer."
+    );
+    describe_histogram!(
+        CALL_DURATION_SECONDS,
+        Unit::Seconds,
+        "Durations of instrumented calls."
+    );
+}
+
+/// Adds the task-count deltas `[spawned, completed, failed, panicked,
+/// cancelled, slow_polls]` and sets the gauges.
+pub(crate) fn task_counts(task: &'static str, deltas: [u64; 6], alive: u64, hung: u64) {
+    let [spawned, completed, failed, panicked, cancelled, slow] = deltas;
+    counter!(TASKS_SPAWNED_TOTAL, "task" => task).increment(spawned);
+    counter!(TASKS_COMPLETED_TOTAL, "task" => task).increment(completed);
+    counter!(TASKS_FAILED_TOTAL, "task" => task, "reason" => "error").increment(failed);
+    counter!(TASKS_FAILED_TOTAL, "task" => task, "reason" => "panic").increment(panicked);
+    counter!(TASKS_CANCELLED_TOTAL, "task" => task).increment(cancelled);
+    counter!(SLOW_POLLS_TOTAL, "task" => task).increment(slow);
+    gauge!(TASKS_ALIVE, "task" => task).set(alive as f64);
+    gauge!(TASKS_HUNG, "task" => task).set(hung as f64);
+}
+
+/// Adds the call-count deltas `[ok, error, panic, blocking, slow]`.
+pub(crate) fn call_counts(call: &'static str, deltas: [u64; 5]) {
+    let [ok, error, panic, blocking, slow] = deltas;
+    counter!(CALLS_TOTAL, "call" => call, "outcome" => "ok").increment(ok);
+    counter!(CALLS_TOTAL, "call" => call, "outcome" => "error").increment(error);
+    counter!(CALLS_TOTAL, "call" => call, "outcome" => "panic").increment(panic);
+    counter!(BLOCKING_CALLS_TOTAL, "call" => call).increment(blocking);
+    counter!(SLOW_CALLS_TOTAL, "call" => call).increment(slow);
+}
+
+/// Records what a duration histogram gained since `before`, each bucket's
+/// count at the bucket's representative value.
+pub(crate) fn durations(
+    metric: &'static str,
+    label: &'static str,
+    name: &'static str,
+    now: &[u64; crate::names::BUCKETS],
+    before: &[u64; crate::names::BUCKETS],
+) {
+    if now == before {
+        return;
+    }
+    let histogram = histogram!(metric, label => name);
+    for (i, (n, b)) in now.iter().zip(before).enumerate() {
+        let delta = n.saturating_sub(*b);
+        if delta > 0 {
+            histogram.record_many(
+                crate::names::Buckets::midpoint_seconds(i),
+                usize::try_from(delta).unwrap_or(usize::MAX),
+            );
+        }
+    }
+}

@@ -7,35 +7,13 @@
 //! registry's size is bounded by the largest number of threads alive at once.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::clock::now_ns;
-
-/// A name given to instrumented work, interned once and never freed.
-#[derive(Debug)]
-pub(crate) struct NameEntry {
-    pub(crate) name: &'static str,
-}
-
-static NAMES: LazyLock<RwLock<HashMap<&'static str, &'static NameEntry>>> =
-    LazyLock::new(|| RwLock::new(HashMap::new()));
-
-/// Returns the entry for `name`, creating it on first use.
-///
-/// Called when instrumented work is created, never per poll.
-pub(crate) fn intern(name: &'static str) -> &'static NameEntry {
-    if let Some(entry) = NAMES.read().get(name) {
-        return entry;
-    }
-    let mut names = NAMES.write();
-    names
-        .entry(name)
-        .or_insert_with(|| Box::leak(Box::new(NameEntry { name })))
-}
+pub(crate) use crate::names::NameEntry;
 
 /// Park state as reported by the runtime hooks of [`crate::install_runtime_hooks`].
 pub(crate) const PARK_UNKNOWN: u8 = 0;
@@ -210,13 +188,15 @@ pub(crate) struct PollGuard {
     prev_task: *mut NameEntry,
     /// Start of this poll when it is the outermost one, else 0.
     outermost_start: u64,
+    /// Start of this poll (ns).
+    pub(crate) start: u64,
 }
 
 /// Records the start of an instrumented poll named `name` on this thread.
 ///
 /// The hot path: one thread-local access, one clock read, two relaxed loads
-/// and two relaxed stores here, three relaxed stores when the poll ends (no
-/// second clock read: the end records the start of the poll that completed).
+/// and two relaxed stores here, three relaxed stores when the guard drops
+/// (the end records the start of the poll that completed as progress).
 /// Nested instrumented polls keep the outermost start (the thread is busy
 /// since then) and show the innermost name.
 #[inline]
@@ -236,6 +216,7 @@ pub(crate) fn enter(name: &'static NameEntry) -> Option<PollGuard> {
         slot,
         prev_task,
         outermost_start,
+        start,
     })
 }
 
@@ -307,51 +288,18 @@ pub(crate) fn snapshot() -> Vec<SlotView> {
 #[cfg(tokio_unstable)]
 pub(crate) mod task_hooks {
     use std::cell::Cell;
-    use std::collections::HashMap;
     use std::panic::Location;
-    use std::sync::LazyLock;
 
-    use parking_lot::RwLock;
-
-    use super::{enter, NameEntry, PollGuard};
+    use super::{enter, PollGuard};
 
     thread_local! {
         static GUARD: Cell<Option<PollGuard>> = const { Cell::new(None) };
-        /// Last spawn locations seen on this thread, so that the shared map is
-        /// read only on a miss.
-        static CACHE: Cell<[(usize, Option<&'static NameEntry>); 16]> =
-            const { Cell::new([(0, None); 16]) };
-    }
-
-    static LOCATIONS: LazyLock<RwLock<HashMap<usize, &'static NameEntry>>> =
-        LazyLock::new(|| RwLock::new(HashMap::new()));
-
-    fn name_of(at: &'static Location<'static>) -> &'static NameEntry {
-        let key = std::ptr::from_ref(at) as usize;
-        let index = (key >> 4) % 16;
-        let mut cache = CACHE.with(Cell::get);
-        if let (k, Some(entry)) = cache[index] {
-            if k == key {
-                return entry;
-            }
-        }
-        let known = LOCATIONS.read().get(&key).copied();
-        let entry = known.unwrap_or_else(|| {
-            *LOCATIONS.write().entry(key).or_insert_with(|| {
-                let name: &'static str =
-                    Box::leak(format!("{}:{}", at.file(), at.line()).into_boxed_str());
-                super::intern(name)
-            })
-        });
-        cache[index] = (key, Some(entry));
-        CACHE.with(|c| c.set(cache));
-        entry
     }
 
     pub(crate) fn poll_started(at: &'static Location<'static>) {
         // Task poll hooks run on workers only, before the task id is set.
         super::mark_worker();
-        let guard = enter(name_of(at));
+        let guard = enter(crate::names::of_location(at));
         drop(GUARD.with(|g| g.replace(guard)));
     }
 

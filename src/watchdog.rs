@@ -276,10 +276,12 @@ impl Builder {
             return Err(Error::AlreadyRunning);
         }
         series::describe();
+        series::describe_usage();
+        crate::poll::set_blocking_threshold(self.config.blocking_threshold);
         let shared = Arc::new(Shared {
             config: self.config,
             runtimes: Mutex::new(Vec::new()),
-            health: Mutex::new(Arc::new(Health::default())),
+            health: Mutex::new(Arc::new(initial_health())),
             next_serial: AtomicU64::new(1),
             callback_panics: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
@@ -299,6 +301,18 @@ impl Builder {
                 stop: Mutex::new(Some((stop_tx, thread))),
             }),
         })
+    }
+}
+
+/// The health before the first check: no runtime yet, the task and call
+/// counts as they stand (they are kept whether or not a watchdog runs).
+fn initial_health() -> Health {
+    let (tasks, calls, hung_tasks) = crate::usage::Usage::default().totals();
+    Health {
+        tasks,
+        calls,
+        hung_tasks,
+        ..Health::default()
     }
 }
 
@@ -530,6 +544,13 @@ struct Checker {
     stalls: StallMachine,
     /// Whether the symbol table has been asked for.
     warmed_up: bool,
+    /// Tasks and calls, read from the name registry.
+    usage: crate::usage::Usage,
+    /// When hung tasks were last looked for and usage last published (ns).
+    last_usage: u64,
+    /// How often that happens (ns).
+    usage_every_ns: u64,
+    hung_ns: u64,
 }
 
 /// How often the heartbeat task of each runtime is woken: a tenth of the
@@ -538,6 +559,15 @@ struct Checker {
 fn heartbeat_interval(config: &Config) -> Duration {
     let floor = config.check_interval;
     (config.stall_threshold / 10).clamp(floor, floor.max(Duration::from_secs(1)))
+}
+
+/// How often hung tasks are looked for (a scan of every live task) and the
+/// per-name series are published: every second, or every tenth of the
+/// hung-task threshold if that is shorter, and at least every check.
+fn usage_interval(config: &Config) -> Duration {
+    (config.hung_task_threshold / 10)
+        .min(Duration::from_secs(1))
+        .max(config.check_interval)
 }
 
 fn run(shared: &Arc<Shared>, stop: &mpsc::Receiver<()>) {
@@ -554,6 +584,10 @@ fn run(shared: &Arc<Shared>, stop: &mpsc::Receiver<()>) {
         totals: std::collections::HashMap::new(),
         stalls: StallMachine::new(config.stall_threshold, config.max_reports_per_minute),
         warmed_up: false,
+        usage: crate::usage::Usage::default(),
+        last_usage: 0,
+        usage_every_ns: nanos(usage_interval(config)),
+        hung_ns: nanos(config.hung_task_threshold),
     };
     tracing::debug!(target: "loopwatch", ?config, "watchdog started");
     // Returns at once when the handle drops the sender (shutdown).
@@ -619,6 +653,11 @@ impl Checker {
         let events = self.stalls.update(now, seen);
         for event in events {
             self.deliver(event, &gone);
+        }
+        if now.saturating_sub(self.last_usage) >= self.usage_every_ns {
+            self.last_usage = now;
+            self.usage.scan_hung(now, self.hung_ns);
+            self.usage.publish();
         }
         self.publish(now);
     }
@@ -784,10 +823,31 @@ impl Checker {
         } else {
             Status::Healthy
         };
+        let (tasks, calls, hung_tasks) = self.usage.totals();
+        if tasks.hung > 0 {
+            let oldest: Vec<String> = hung_tasks
+                .iter()
+                .map(|h| format!("'{}' idle for {:.0} s", h.task, h.idle_seconds))
+                .collect();
+            issues.push(format!(
+                "{} task(s) hung (alive, not polled for {:.0} s): {}",
+                tasks.hung,
+                self.hung_ns as f64 / 1e9,
+                oldest.join(", ")
+            ));
+        }
+        let status = if status == Status::Healthy && tasks.hung > 0 {
+            Status::Degraded
+        } else {
+            status
+        };
         let health = Health {
             status,
             issues,
             runtimes,
+            tasks,
+            hung_tasks,
+            calls,
             ..Health::default()
         };
         *self.shared.health.lock() = Arc::new(health);

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::slot::{self, NameEntry};
+use crate::names::{self, NameEntry};
 
 /// A future whose polls are recorded in the poll slot of the thread that runs
 /// them, so that the watchdog knows exactly which task a worker is stuck in
@@ -45,8 +45,7 @@ impl<F: Future> Future for Watched<F> {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        let _guard = slot::enter(this.name);
-        this.inner.poll(cx)
+        crate::poll::instrument_poll(this.name, None, || this.inner.poll(cx))
     }
 }
 
@@ -68,7 +67,7 @@ pub trait WatchExt: Future + Sized {
     fn watched(self, name: &'static str) -> Watched<Self> {
         Watched {
             inner: self,
-            name: slot::intern(name),
+            name: names::intern(name),
         }
     }
 }

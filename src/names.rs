@@ -1,0 +1,218 @@
+//! Names of instrumented work, interned once, each with its counters.
+//!
+//! A name is a `&'static str` given by the caller, or the `file:line` of a
+//! spawn. Each distinct name gets one [`NameEntry`], leaked and never freed,
+//! holding the task and call counters of that name as relaxed atomics. The
+//! number of distinct names is capped ([`MAX_NAMES`](crate::MAX_NAMES));
+//! names past the cap share the entry `other`, so that metric labels stay
+//! bounded.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::panic::Location;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::LazyLock;
+
+use parking_lot::RwLock;
+
+/// Largest number of distinct task and call names; more are counted as `other`.
+pub const MAX_NAMES: usize = 1000;
+
+/// The name that names past [`MAX_NAMES`] share.
+pub const OTHER: &str = "other";
+
+/// Number of poll and call duration buckets: bucket `i` holds durations
+/// below `2^i` microseconds (the last one everything longer).
+pub(crate) const BUCKETS: usize = 24;
+
+/// A duration histogram with power-of-two microsecond buckets.
+#[derive(Debug)]
+pub(crate) struct Buckets([AtomicU64; BUCKETS]);
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Buckets(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl Buckets {
+    #[inline]
+    pub(crate) fn record(&self, nanos: u64) {
+        let micros = nanos >> 10; // ~microseconds, cheaply
+        let index = (u64::BITS - micros.leading_zeros()) as usize;
+        self.0[index.min(BUCKETS - 1)].fetch_add(1, Relaxed);
+    }
+
+    /// Counts per bucket so far.
+    pub(crate) fn counts(&self) -> [u64; BUCKETS] {
+        std::array::from_fn(|i| self.0[i].load(Relaxed))
+    }
+
+    /// A representative duration (seconds) for bucket `i`.
+    pub(crate) fn midpoint_seconds(i: usize) -> f64 {
+        let upper = (1u64 << i) as f64 * 1.024e-6;
+        if i == 0 {
+            upper / 2.0
+        } else {
+            upper * 0.75
+        }
+    }
+}
+
+/// Outcomes and polls of the tasks spawned under one name.
+#[derive(Debug, Default)]
+pub(crate) struct TaskStats {
+    pub(crate) spawned: AtomicU64,
+    pub(crate) completed: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) panicked: AtomicU64,
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) slow_polls: AtomicU64,
+    pub(crate) polls: Buckets,
+}
+
+/// Instrumented calls under one name.
+#[derive(Debug, Default)]
+pub(crate) struct CallStats {
+    pub(crate) ok: AtomicU64,
+    pub(crate) errors: AtomicU64,
+    pub(crate) panics: AtomicU64,
+    pub(crate) blocking: AtomicU64,
+    pub(crate) slow: AtomicU64,
+    pub(crate) durations: Buckets,
+}
+
+/// A name given to instrumented work, with its counters.
+#[derive(Debug)]
+pub(crate) struct NameEntry {
+    pub(crate) name: &'static str,
+    pub(crate) tasks: TaskStats,
+    pub(crate) calls: CallStats,
+}
+
+impl NameEntry {
+    /// An entry outside the registry (not exported), for loopwatch's own work.
+    pub(crate) fn unlisted(name: &'static str) -> &'static NameEntry {
+        NameEntry::new(name)
+    }
+
+    fn new(name: &'static str) -> &'static NameEntry {
+        Box::leak(Box::new(NameEntry {
+            name,
+            tasks: TaskStats::default(),
+            calls: CallStats::default(),
+        }))
+    }
+}
+
+struct Registry {
+    by_name: HashMap<&'static str, &'static NameEntry>,
+    /// In order of creation, for the watchdog to read.
+    all: Vec<&'static NameEntry>,
+    other: &'static NameEntry,
+}
+
+static REGISTRY: LazyLock<RwLock<Registry>> = LazyLock::new(|| {
+    let other = NameEntry::new(OTHER);
+    RwLock::new(Registry {
+        by_name: HashMap::from([(OTHER, other)]),
+        all: vec![other],
+        other,
+    })
+});
+
+/// Whether the cap has been reached (warned about once).
+static OVERFLOWED: AtomicBool = AtomicBool::new(false);
+
+/// Returns the entry for `name`, creating it on first use (or `other` past
+/// the cap). Called when instrumented work is created, never per poll.
+pub(crate) fn intern(name: &'static str) -> &'static NameEntry {
+    if let Some(entry) = REGISTRY.read().by_name.get(name) {
+        return entry;
+    }
+    let mut registry = REGISTRY.write();
+    if let Some(entry) = registry.by_name.get(name) {
+        return entry;
+    }
+    if registry.by_name.len() > MAX_NAMES {
+        if !OVERFLOWED.swap(true, Relaxed) {
+            tracing::warn!(
+                target: "loopwatch",
+                name,
+                "more than {MAX_NAMES} distinct task and call names; this one and later new ones are counted as '{OTHER}'. Give tasks and calls names from a fixed set"
+            );
+        }
+        return registry.other;
+    }
+    let entry = NameEntry::new(name);
+    registry.by_name.insert(name, entry);
+    registry.all.push(entry);
+    entry
+}
+
+/// Every name so far (with `other`).
+pub(crate) fn all() -> Vec<&'static NameEntry> {
+    REGISTRY.read().all.clone()
+}
+
+thread_local! {
+    /// Last spawn locations seen on this thread, so that the shared map is
+    /// read only on a miss.
+    static LOCATION_CACHE: Cell<[(usize, Option<&'static NameEntry>); 16]> =
+        const { Cell::new([(0, None); 16]) };
+}
+
+static LOCATIONS: LazyLock<RwLock<HashMap<usize, &'static NameEntry>>> =
+    LazyLock::new(|| RwLock::new(HashMap::new()));
+
+/// The entry named `file:line` of a code location, interned once per location.
+pub(crate) fn of_location(at: &'static Location<'static>) -> &'static NameEntry {
+    let key = std::ptr::from_ref(at) as usize;
+    let index = (key >> 4) % 16;
+    let mut cache = LOCATION_CACHE.with(Cell::get);
+    if let (k, Some(entry)) = cache[index] {
+        if k == key {
+            return entry;
+        }
+    }
+    let known = LOCATIONS.read().get(&key).copied();
+    let entry = known.unwrap_or_else(|| {
+        *LOCATIONS.write().entry(key).or_insert_with(|| {
+            let name: &'static str =
+                Box::leak(format!("{}:{}", at.file(), at.line()).into_boxed_str());
+            intern(name)
+        })
+    });
+    cache[index] = (key, Some(entry));
+    let _ = LOCATION_CACHE.try_with(|c| c.set(cache));
+    entry
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_powers_of_two_microseconds() {
+        let b = Buckets::default();
+        b.record(0);
+        b.record(500); // < 1 us
+        b.record(1_500); // 1-2 us
+        b.record(3_000_000_000); // 3 s
+        let c = b.counts();
+        assert_eq!(c[0], 2);
+        assert_eq!(c[1], 1);
+        assert_eq!(c.iter().sum::<u64>(), 4);
+        let top = c.iter().rposition(|&n| n > 0).unwrap();
+        let mid = Buckets::midpoint_seconds(top);
+        assert!((1.5..6.0).contains(&mid), "3 s recorded near {mid} s");
+    }
+
+    #[test]
+    fn the_same_name_is_one_entry() {
+        let a = intern("names-test-a");
+        let b = intern("names-test-a");
+        assert!(std::ptr::eq(a, b));
+        assert_eq!(a.name, "names-test-a");
+    }
+}
