@@ -1,5 +1,10 @@
-//! Cost added to each poll by `.watched(...)`, against the same future bare,
-//! measured in the same run.
+//! Cost added to each poll by loopwatch, measured in the same run against
+//! baselines:
+//!
+//! - `poll/*`: one empty poll of a future, bare and `.watched(...)`;
+//! - `task/*`: a task on a 2-worker runtime that yields 1,000 times (one poll
+//!   per yield), spawned with `tokio::spawn`, with `loopwatch::spawn_named`,
+//!   and with tokio-metrics' `TaskMonitor::instrument`; per poll.
 //!
 //! ```text
 //! cargo bench --bench poll_overhead
@@ -42,6 +47,41 @@ fn bench(c: &mut Criterion) {
         b.iter_custom(|iters| poll_many(std::hint::black_box(Pending).watched("bench"), iters))
     });
     group.finish();
+
+    const YIELDS: u64 = 1_000;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let monitor = tokio_metrics::TaskMonitor::new();
+    let mut group = c.benchmark_group("task");
+    group.throughput(criterion::Throughput::Elements(YIELDS));
+    let yielder = || async {
+        for _ in 0..YIELDS {
+            tokio::task::yield_now().await;
+        }
+    };
+    group.bench_function("tokio_spawn", |b| {
+        b.iter(|| rt.block_on(tokio_spawn_in(&rt, yielder())));
+    });
+    group.bench_function("loopwatch_spawn_named", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                loopwatch::spawn_named("bench", yielder()).await.unwrap();
+            })
+        });
+    });
+    group.bench_function("task_monitor_instrument", |b| {
+        b.iter(|| rt.block_on(tokio_spawn_in(&rt, monitor.instrument(yielder()))));
+    });
+    group.finish();
+}
+
+async fn tokio_spawn_in<F>(rt: &tokio::runtime::Runtime, fut: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    rt.spawn(fut).await.unwrap();
 }
 
 criterion_group!(benches, bench);
