@@ -66,6 +66,7 @@
 //! Rust 1.85, the minimum of tokio 1.54.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod call;
 mod clock;
 mod error;
 mod health;
@@ -83,6 +84,9 @@ mod usage;
 mod watchdog;
 mod watched;
 
+#[doc(hidden)]
+pub use call::__private;
+pub use call::{blocking, blocking_fallible};
 pub use error::Error;
 pub use health::{
     CallCounts, Health, ProcessHealth, RuntimeHealth, StalledWorker, Status, TaskCounts,

@@ -156,10 +156,30 @@ pub(crate) fn all() -> Vec<&'static NameEntry> {
 }
 
 thread_local! {
+    /// Last names seen on this thread by `intern_cached`.
+    static NAME_CACHE: Cell<[(usize, usize, Option<&'static NameEntry>); 16]> =
+        const { Cell::new([(0, 0, None); 16]) };
     /// Last spawn locations seen on this thread, so that the shared map is
     /// read only on a miss.
     static LOCATION_CACHE: Cell<[(usize, Option<&'static NameEntry>); 16]> =
         const { Cell::new([(0, None); 16]) };
+}
+
+/// [`intern`], with a small per-thread cache in front, for names looked up
+/// at every call (`blocking("name", ..)`).
+pub(crate) fn intern_cached(name: &'static str) -> &'static NameEntry {
+    let (ptr, len) = (name.as_ptr() as usize, name.len());
+    let index = (ptr >> 3) % 16;
+    let mut cache = NAME_CACHE.with(Cell::get);
+    if let (p, l, Some(entry)) = cache[index] {
+        if p == ptr && l == len {
+            return entry;
+        }
+    }
+    let entry = intern(name);
+    cache[index] = (ptr, len, Some(entry));
+    let _ = NAME_CACHE.try_with(|c| c.set(cache));
+    entry
 }
 
 static LOCATIONS: LazyLock<RwLock<HashMap<usize, &'static NameEntry>>> =

@@ -20,6 +20,10 @@ pub(crate) fn set_blocking_threshold(threshold: std::time::Duration) {
     BLOCKING_NS.store(nanos(threshold), Relaxed);
 }
 
+pub(crate) fn blocking_threshold_ns() -> u64 {
+    BLOCKING_NS.load(Relaxed)
+}
+
 /// Runs one poll of instrumented work named `entry`: marks it in the
 /// thread's poll slot (for the watchdog), stamps `last_poll` (for hung-task
 /// detection) and accounts its duration (histogram, slow polls).

@@ -278,6 +278,7 @@ impl Builder {
         series::describe();
         series::describe_usage();
         crate::poll::set_blocking_threshold(self.config.blocking_threshold);
+        crate::call::set_slow_call_threshold(self.config.slow_call_threshold);
         let shared = Arc::new(Shared {
             config: self.config,
             runtimes: Mutex::new(Vec::new()),

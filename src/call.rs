@@ -1,0 +1,318 @@
+//! Instrumented calls: `blocking()`, and what `#[instrument_blocking]` expands to.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::OnceLock;
+use std::task::{Context, Poll, Waker};
+
+use crate::clock::now_ns;
+use crate::names::{self, NameEntry};
+
+/// The slow-call threshold the call path compares against (ns).
+static SLOW_NS: AtomicU64 = AtomicU64::new(2_000_000_000);
+
+/// When the last blocking-call warning was logged (ns), for the rate limit.
+static LAST_LOG: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn set_slow_call_threshold(threshold: std::time::Duration) {
+    SLOW_NS.store(crate::clock::nanos(threshold), Relaxed);
+}
+
+/// Runs a sync call named `name`, timed and counted like a function marked
+/// [`#[instrument_blocking]`](crate::instrument_blocking): it is **blocking**
+/// when it ran on an async worker thread (inside a task's poll or a
+/// `block_on` future, not in `spawn_blocking`, `block_in_place` or a plain
+/// thread) and took at least the blocking threshold; **slow** when it took at
+/// least the slow-call threshold. A panic is counted and goes on unwinding.
+///
+/// The function's output is not inspected (Rust cannot tell a generic `T`
+/// that is a `Result`); use [`blocking_fallible`] to count `Err` as failed.
+///
+/// ```
+/// let config = loopwatch::blocking("config.parse", || "port = 8080".len());
+/// assert_eq!(config, 11);
+/// ```
+pub fn blocking<T>(name: &'static str, f: impl FnOnce() -> T) -> T {
+    call_sync(names::intern_cached(name), None, f, |_| false)
+}
+
+/// Like [`blocking`], for a call returning a `Result`: an `Err` counts as failed.
+///
+/// ```
+/// let read = loopwatch::blocking_fallible("config.read", || std::fs::read_to_string("/nonexistent"));
+/// assert!(read.is_err());
+/// ```
+pub fn blocking_fallible<T, E>(
+    name: &'static str,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    call_sync(names::intern_cached(name), None, f, Result::is_err)
+}
+
+/// Per-site thresholds of `#[instrument_blocking(warn = "..", slow = "..")]` (ns; 0 = the watchdog's).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SiteThresholds {
+    pub(crate) warn_ns: u64,
+    pub(crate) slow_ns: u64,
+}
+
+/// Times `f` and counts it under `entry`.
+#[inline]
+pub(crate) fn call_sync<T>(
+    entry: &'static NameEntry,
+    site: Option<SiteThresholds>,
+    f: impl FnOnce() -> T,
+    failed: impl FnOnce(&T) -> bool,
+) -> T {
+    let mut guard = CallGuard {
+        entry,
+        site,
+        start: now_ns(),
+        finished: false,
+    };
+    let out = f();
+    guard.finished = true;
+    let took = now_ns().saturating_sub(guard.start);
+    let counter = if failed(&out) {
+        &entry.calls.errors
+    } else {
+        &entry.calls.ok
+    };
+    counter.fetch_add(1, Relaxed);
+    account(entry, site, took);
+    out
+}
+
+/// Counts a call that unwinds (panics) when dropped unfinished.
+struct CallGuard {
+    entry: &'static NameEntry,
+    site: Option<SiteThresholds>,
+    start: u64,
+    finished: bool,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.entry.calls.panics.fetch_add(1, Relaxed);
+            account(self.entry, self.site, now_ns().saturating_sub(self.start));
+        }
+    }
+}
+
+/// Records a sync call's duration: histogram, slow, and blocking when it
+/// ran on an async worker.
+fn account(entry: &'static NameEntry, site: Option<SiteThresholds>, took: u64) {
+    let (warn_ns, slow_ns) = thresholds(site);
+    entry.calls.durations.record(took);
+    if took >= slow_ns {
+        entry.calls.slow.fetch_add(1, Relaxed);
+    }
+    if took >= warn_ns && on_async_worker() {
+        blocked(entry, took);
+    }
+}
+
+fn thresholds(site: Option<SiteThresholds>) -> (u64, u64) {
+    let warn = site.map_or(0, |s| s.warn_ns);
+    let slow = site.map_or(0, |s| s.slow_ns);
+    (
+        if warn == 0 {
+            crate::poll::blocking_threshold_ns()
+        } else {
+            warn
+        },
+        if slow == 0 {
+            SLOW_NS.load(Relaxed)
+        } else {
+            slow
+        },
+    )
+}
+
+#[cold]
+fn blocked(entry: &'static NameEntry, took: u64) {
+    entry.calls.blocking.fetch_add(1, Relaxed);
+    let now = now_ns();
+    let last = LAST_LOG.load(Relaxed);
+    if now.saturating_sub(last) >= 1_000_000_000
+        && LAST_LOG
+            .compare_exchange(last, now, Relaxed, Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(
+            target: "loopwatch",
+            call = entry.name,
+            seconds = took as f64 / 1e9,
+            "blocking call: '{}' ran {:.3} s on an async worker thread; move it to spawn_blocking or make it async (at most one such warning per second)",
+            entry.name,
+            took as f64 / 1e9
+        );
+    }
+}
+
+/// Whether the calling thread is running async code: a task's poll on a
+/// runtime worker, or a `block_on` future. Tokio runs those under a
+/// cooperative budget, and nothing else: `spawn_blocking` closures,
+/// `block_in_place` sections and plain threads run unconstrained. An
+/// unconstrained budget never runs out, so drawing on it (with
+/// `coop::poll_proceed`) more times than any budget holds tells the two
+/// apart; every draw is given back when its guard drops.
+///
+/// Called only for calls that took the blocking threshold or longer. Code
+/// inside `tokio::task::unconstrained` counts as not async.
+pub(crate) fn on_async_worker() -> bool {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return false;
+    }
+    let mut cx = Context::from_waker(Waker::noop());
+    // Tokio's budget is 128 polls; one more draw than that proves it unconstrained.
+    let mut draws = Vec::with_capacity(130);
+    let constrained = loop {
+        match tokio::task::coop::poll_proceed(&mut cx) {
+            Poll::Pending => break true,
+            Poll::Ready(draw) => {
+                draws.push(draw);
+                if draws.len() > 128 {
+                    break false;
+                }
+            }
+        }
+    };
+    // Give the budget back: each guard restores the value it saw, so the
+    // first one, dropped last, restores the original.
+    while let Some(draw) = draws.pop() {
+        drop(draw);
+    }
+    constrained
+}
+
+/// What `#[instrument_blocking]` expands to. Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    use super::*;
+
+    /// One instrumented function: its name and thresholds, resolved once.
+    #[derive(Debug)]
+    pub struct CallSite {
+        name: &'static str,
+        thresholds: SiteThresholds,
+        entry: OnceLock<&'static NameEntry>,
+    }
+
+    impl CallSite {
+        /// A call site; `warn_ns`/`slow_ns` of 0 use the watchdog's thresholds.
+        pub const fn new(name: &'static str, warn_ns: u64, slow_ns: u64) -> Self {
+            CallSite {
+                name,
+                thresholds: SiteThresholds { warn_ns, slow_ns },
+                entry: OnceLock::new(),
+            }
+        }
+
+        fn entry(&self) -> &'static NameEntry {
+            self.entry.get_or_init(|| names::intern(self.name))
+        }
+    }
+
+    /// A sync call.
+    #[inline]
+    pub fn call_sync<T>(
+        site: &'static CallSite,
+        f: impl FnOnce() -> T,
+        failed: fn(&T) -> bool,
+    ) -> T {
+        super::call_sync(site.entry(), Some(site.thresholds), f, failed)
+    }
+
+    /// For functions that do not return a `Result`.
+    pub fn never_failed<T>(_: &T) -> bool {
+        false
+    }
+
+    /// For functions that return a `Result`.
+    pub fn is_err<T, E>(r: &Result<T, E>) -> bool {
+        r.is_err()
+    }
+
+    /// An async call: the whole future's time is the call's duration; a
+    /// single poll of the blocking threshold or longer counts as blocking.
+    pub fn call_async<F: Future>(
+        site: &'static CallSite,
+        future: F,
+        failed: fn(&F::Output) -> bool,
+    ) -> AsyncCall<F> {
+        AsyncCall {
+            inner: future,
+            site,
+            failed,
+            start: 0,
+            polling: false,
+            done: false,
+        }
+    }
+
+    /// The future of an instrumented `async fn`.
+    #[pin_project::pin_project(PinnedDrop)]
+    #[derive(Debug)]
+    pub struct AsyncCall<F: Future> {
+        #[pin]
+        inner: F,
+        site: &'static CallSite,
+        failed: fn(&F::Output) -> bool,
+        /// When the first poll began (ns; 0 = not polled yet).
+        start: u64,
+        /// Inside a poll; still so when dropped means the poll panicked.
+        polling: bool,
+        done: bool,
+    }
+
+    impl<F: Future> Future for AsyncCall<F> {
+        type Output = F::Output;
+
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+            let this = self.project();
+            let entry = this.site.entry();
+            let (warn_ns, slow_ns) = thresholds(Some(this.site.thresholds));
+            let poll_start = now_ns();
+            if *this.start == 0 {
+                *this.start = poll_start;
+            }
+            *this.polling = true;
+            let out = this.inner.poll(cx);
+            *this.polling = false;
+            let end = now_ns();
+            // One poll that long blocked the worker; awaiting never counts.
+            let polled = end.saturating_sub(poll_start);
+            if polled >= warn_ns {
+                blocked(entry, polled);
+            }
+            if let Poll::Ready(output) = &out {
+                *this.done = true;
+                let counter = if (this.failed)(output) {
+                    &entry.calls.errors
+                } else {
+                    &entry.calls.ok
+                };
+                counter.fetch_add(1, Relaxed);
+                let took = end.saturating_sub(*this.start);
+                entry.calls.durations.record(took);
+                if took >= slow_ns {
+                    entry.calls.slow.fetch_add(1, Relaxed);
+                }
+            }
+            out
+        }
+    }
+
+    #[pin_project::pinned_drop]
+    impl<F: Future> PinnedDrop for AsyncCall<F> {
+        fn drop(self: Pin<&mut Self>) {
+            // Dropped while inside a poll: the poll panicked.
+            if self.polling && !self.done {
+                self.site.entry().calls.panics.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
