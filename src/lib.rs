@@ -59,7 +59,7 @@
 //!
 //! # Features
 //!
-//! - `macros` (default): `#[instrument_blocking]` (arriving in a later release).
+//! - `macros` (default): [`#[instrument_blocking]`](instrument_blocking).
 //!
 //! # Minimum supported Rust version
 //!
@@ -92,6 +92,51 @@ pub use health::{
     CallCounts, Health, ProcessHealth, RuntimeHealth, StalledWorker, Status, TaskCounts,
 };
 pub use hooks::{install_runtime_hooks, thread_parked, thread_started, thread_unparked};
+/// Times and counts every call of the function it marks, like [`blocking`].
+///
+/// - **Sync functions**: the call is *blocking* when it ran on an async
+///   worker thread (a task's poll or a `block_on` future; not
+///   `spawn_blocking`, `block_in_place` or a plain thread) and took at least
+///   the blocking threshold; *slow* when it took at least the slow-call
+///   threshold; *failed* when the function returns a `Result` (a return type
+///   spelled `...Result<..>`) that is `Err`, or panics (the panic goes on).
+///   Otherwise the function behaves exactly as before.
+/// - **`async fn`**: the future is instrumented: a single poll of the blocking
+///   threshold or longer counts as blocking, awaiting never does, and the
+///   whole future's time is the call's duration.
+///
+/// Arguments, all optional:
+/// - `name = "db.query"`: the call's name (default: module path and function
+///   name, e.g. `"my_app::db::query"`);
+/// - `warn = "150ms"`: this site's blocking threshold;
+/// - `slow = "3s"`: this site's slow-call threshold.
+///
+/// Durations are a number and a unit among `ns`, `us`, `ms`, `s`, `m`,
+/// checked at compile time. Works on free functions, methods (`&self`,
+/// `&mut self`, `self`), generic functions, `impl Trait` arguments and
+/// returns, and `async fn` in impls and traits. A function returning `impl
+/// Future` without being `async` is timed while it builds the future only.
+///
+/// ```
+/// #[loopwatch::instrument_blocking]
+/// fn load_config(path: &str) -> Result<String, std::io::Error> {
+///     std::fs::read_to_string(path)
+/// }
+///
+/// #[loopwatch::instrument_blocking(name = "db.query", warn = "50ms", slow = "1s")]
+/// async fn query(sql: &str) -> Result<usize, String> {
+///     Ok(sql.len())
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// assert!(load_config("/nonexistent").is_err());
+/// assert_eq!(query("select 1").await, Ok(8));
+/// # }
+/// ```
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+pub use loopwatch_macros::instrument_blocking;
 pub use names::{MAX_NAMES, OTHER};
 pub use stall::StallReport;
 pub use task::{spawn, spawn_fallible, spawn_named};

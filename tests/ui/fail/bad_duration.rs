@@ -1,0 +1,4 @@
+#[loopwatch::instrument_blocking(warn = "fast")]
+fn f() {}
+
+fn main() {}

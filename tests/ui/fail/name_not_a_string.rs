@@ -1,0 +1,4 @@
+#[loopwatch::instrument_blocking(name = 42)]
+fn f() {}
+
+fn main() {}

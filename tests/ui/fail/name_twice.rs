@@ -1,0 +1,4 @@
+#[loopwatch::instrument_blocking(name = "a", name = "b")]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[loopwatch::instrument_blocking]
+struct S;
+
+fn main() {}

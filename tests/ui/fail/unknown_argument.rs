@@ -1,0 +1,4 @@
+#[loopwatch::instrument_blocking(level = "info")]
+fn f() {}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[loopwatch::instrument_blocking(slow = "0s")]
+fn f() {}
+
+fn main() {}
