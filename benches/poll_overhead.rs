@@ -4,7 +4,9 @@
 //! - `poll/*`: one empty poll of a future, bare and `.watched(...)`;
 //! - `task/*`: a task on a 2-worker runtime that yields 1,000 times (one poll
 //!   per yield), spawned with `tokio::spawn`, with `loopwatch::spawn_named`,
-//!   and with tokio-metrics' `TaskMonitor::instrument`; per poll.
+//!   and with tokio-metrics' `TaskMonitor::instrument`; per poll;
+//! - `call/*`: one sync call that does not block, plain, marked
+//!   `#[instrument_blocking]`, and through `loopwatch::blocking`.
 //!
 //! ```text
 //! cargo bench --bench poll_overhead
@@ -77,6 +79,29 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+#[inline(never)]
+fn plain(x: u64) -> u64 {
+    std::hint::black_box(x).wrapping_mul(3)
+}
+
+#[loopwatch::instrument_blocking(name = "bench.call")]
+#[inline(never)]
+fn marked(x: u64) -> u64 {
+    std::hint::black_box(x).wrapping_mul(3)
+}
+
+fn calls(c: &mut Criterion) {
+    let mut group = c.benchmark_group("call");
+    group.bench_function("plain", |b| b.iter(|| plain(std::hint::black_box(7))));
+    group.bench_function("instrument_blocking", |b| {
+        b.iter(|| marked(std::hint::black_box(7)))
+    });
+    group.bench_function("blocking_fn", |b| {
+        b.iter(|| loopwatch::blocking("bench.blocking", || plain(std::hint::black_box(7))))
+    });
+    group.finish();
+}
+
 async fn tokio_spawn_in<F>(rt: &tokio::runtime::Runtime, fut: F)
 where
     F: Future<Output = ()> + Send + 'static,
@@ -84,5 +109,5 @@ where
     rt.spawn(fut).await.unwrap();
 }
 
-criterion_group!(benches, bench);
+criterion_group!(benches, bench, calls);
 criterion_main!(benches);

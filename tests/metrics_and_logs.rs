@@ -201,9 +201,85 @@ fn a_stall_is_logged_and_recorded_in_every_stall_metric() {
         .count();
     assert!(lags > 10, "heartbeat lag recorded at each beat: {lags}");
 
+    // Tasks and calls, by name.
+    rt.block_on(async {
+        let _ = loopwatch::spawn_fallible("m.task", async { Err::<(), _>("no") }).await;
+        let _ = loopwatch::spawn_named("m.task", async {}).await;
+    });
+    rt.block_on(rt.spawn(async {
+        loopwatch::blocking("m.call", || std::thread::sleep(Duration::from_millis(150)));
+    }))
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1300)); // published every second
+    let usage = observed.read();
+    let series = |name: &str, labels: &[(&str, &str)]| {
+        usage
+            .iter()
+            .find(|(n, l, _)| {
+                n == name
+                    && l.len() == labels.len()
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+            })
+            .map(|m| m.2)
+    };
+    assert_eq!(
+        series("loopwatch_tasks_spawned_total", &[("task", "m.task")]),
+        Some(2.0)
+    );
+    assert_eq!(
+        series("loopwatch_tasks_completed_total", &[("task", "m.task")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            "loopwatch_tasks_failed_total",
+            &[("task", "m.task"), ("reason", "error")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series(
+            "loopwatch_tasks_failed_total",
+            &[("task", "m.task"), ("reason", "panic")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        series(
+            "loopwatch_calls_total",
+            &[("call", "m.call"), ("outcome", "ok")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        series("loopwatch_blocking_calls_total", &[("call", "m.call")]),
+        Some(1.0)
+    );
+    let call_durations: Vec<f64> = observed
+        .histograms
+        .iter()
+        .filter(|(n, l, _)| n == "loopwatch_call_duration_seconds" && l[0].1 == "m.call")
+        .map(|h| h.2)
+        .collect();
+    assert_eq!(call_durations.len(), 1, "{call_durations:?}");
+    assert!(
+        (0.07..0.35).contains(&call_durations[0]),
+        "150 ms recorded as {call_durations:?}"
+    );
+    assert!(observed
+        .histograms
+        .iter()
+        .any(|(n, l, _)| n == "loopwatch_poll_duration_seconds" && l[0].1 == "m.task"));
+
     let logs = observed.logs.text();
-    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
+    let warnings: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("stall"))
+        .collect();
     assert_eq!(warnings.len(), 1, "one report let through: {logs}");
+    assert!(logs.contains("blocking call: 'm.call'"), "{logs}");
     assert!(warnings[0].contains("loopwatch"), "{logs}");
     assert!(warnings[0].contains("runtime m: worker"), "{logs}");
     let ends: Vec<&str> = logs

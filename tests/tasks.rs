@@ -230,3 +230,26 @@ fn hung_tasks_are_found_named_by_their_spawn_site_and_cleared_when_they_end() {
     rt.block_on(busy).unwrap();
     watchdog.shutdown();
 }
+
+#[test]
+fn counts_are_kept_without_a_watchdog_and_shown_once_one_starts() {
+    let _serial = serial();
+    let rt = multi_thread(2);
+    let before = {
+        let w = watchdog(Duration::from_secs(60));
+        let t = w.health().tasks;
+        w.shutdown();
+        t
+    };
+    // No watchdog runs now.
+    rt.block_on(async {
+        for _ in 0..10 {
+            loopwatch::spawn_named("no_watchdog", async {})
+                .await
+                .unwrap();
+        }
+    });
+    let w = watchdog(Duration::from_secs(60));
+    assert_eq!(delta(w.health().tasks, before)[..2], [10, 10]);
+    w.shutdown();
+}
