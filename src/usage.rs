@@ -65,8 +65,8 @@ impl Reading {
 /// The watchdog's view of tasks and calls, kept across checks.
 #[derive(Debug, Default)]
 pub(crate) struct Usage {
-    /// What was last published, per name.
-    published: HashMap<&'static str, Reading>,
+    /// What was last published, per name, with its hung count.
+    published: HashMap<&'static str, (Reading, u64)>,
     /// Hung tasks per name at the last scan.
     hung_by_name: HashMap<&'static str, u64>,
     /// The oldest hung tasks at the last scan.
@@ -131,11 +131,11 @@ impl Usage {
         for entry in names::all() {
             let now = Reading::of(entry);
             let hung = self.hung_by_name.get(entry.name).copied().unwrap_or(0);
-            let before = self.published.get(entry.name).copied();
-            if before == Some(now) && hung == 0 {
+            let last = self.published.get(entry.name).copied();
+            if last == Some((now, hung)) {
                 continue;
             }
-            let before = before.unwrap_or_default();
+            let before = last.map(|(reading, _)| reading).unwrap_or_default();
             let name = entry.name;
             if now.spawned > 0 {
                 series::task_counts(
@@ -178,7 +178,7 @@ impl Usage {
                     &before.call_durations,
                 );
             }
-            self.published.insert(name, now);
+            self.published.insert(name, (now, hung));
         }
     }
 }
