@@ -91,7 +91,30 @@ pub enum Error {
         name: String,
     },
 
-    /// The operating system refused to start the watchdog thread.
-    #[error("loopwatch: could not start the watchdog thread: {0}")]
+    /// The exporter could not bind its address.
+    #[error("loopwatch: cannot listen on {addr}: {source}; choose a free port (or port 0) on a local address")]
+    Bind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A `metrics` recorder is installed already, so the exporter cannot install its own.
+    #[error("loopwatch: a `metrics` recorder is installed already; if it is a metrics-exporter-prometheus recorder, pass its handle with `Exporter::builder().prometheus_handle(handle)`")]
+    RecorderInstalled,
+
+    /// A setting of the exporter cannot work.
+    #[error("loopwatch: `{setting}` {reason}")]
+    InvalidSetting {
+        /// The builder method.
+        setting: &'static str,
+        /// What is wrong.
+        reason: &'static str,
+    },
+
+    /// The operating system refused to start a loopwatch thread.
+    #[error("loopwatch: could not start a thread: {0}")]
     Thread(#[source] std::io::Error),
 }

@@ -31,6 +31,12 @@
 //! }
 //! ```
 //!
+//! # Prometheus and `/health`
+//!
+//! [`Exporter`] (default feature `exporter`) serves `GET /metrics` and
+//! `GET /health` (HTTP 503 while stalled) from a thread of its own, so that
+//! both answer while every worker is blocked.
+//!
 //! # Tasks
 //!
 //! Spawn through [`spawn_named`], [`spawn`] or [`spawn_fallible`] instead of
@@ -60,6 +66,7 @@
 //! # Features
 //!
 //! - `macros` (default): [`#[instrument_blocking]`](instrument_blocking).
+//! - `exporter` (default): [`Exporter`], with metrics-exporter-prometheus.
 //!
 //! # Minimum supported Rust version
 //!
@@ -69,12 +76,15 @@
 mod call;
 mod clock;
 mod error;
+#[cfg(feature = "exporter")]
+mod exporter;
 mod health;
 mod heartbeat;
 mod hooks;
 mod monitor;
 mod names;
 mod poll;
+mod process;
 pub mod series;
 mod slot;
 mod stack;
@@ -88,6 +98,9 @@ mod watched;
 pub use call::__private;
 pub use call::{blocking, blocking_fallible};
 pub use error::Error;
+#[cfg(feature = "exporter")]
+#[cfg_attr(docsrs, doc(cfg(feature = "exporter")))]
+pub use exporter::{Exporter, ExporterBuilder};
 pub use health::{
     CallCounts, Health, ProcessHealth, RuntimeHealth, StalledWorker, Status, TaskCounts,
 };

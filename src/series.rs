@@ -25,7 +25,15 @@ pub const REPORTS_SUPPRESSED_TOTAL: &str = "loopwatch_reports_suppressed_total";
 /// Panics caught in the `on_stall` callback.
 pub const CALLBACK_PANICS_TOTAL: &str = "loopwatch_callback_panics_total";
 
-pub(crate) fn describe() {
+/// Describes every series (help text and unit) to the installed recorder.
+/// Called when the watchdog starts and again when the exporter installs its
+/// recorder; harmless to repeat.
+pub(crate) fn describe_all() {
+    describe();
+    describe_usage();
+}
+
+fn describe() {
     describe_counter!(
         STALLS_TOTAL,
         Unit::Count,
@@ -57,8 +65,9 @@ pub(crate) fn describe() {
         Unit::Count,
         "Panics caught in the on_stall callback."
     );
-    counter!(REPORTS_SUPPRESSED_TOTAL).absolute(0);
-    counter!(CALLBACK_PANICS_TOTAL).absolute(0);
+    // Make the two series exist from the start, without touching their counts.
+    counter!(REPORTS_SUPPRESSED_TOTAL).increment(0);
+    counter!(CALLBACK_PANICS_TOTAL).increment(0);
 }
 
 pub(crate) fn stall_flagged(runtime: &str) {
@@ -117,7 +126,7 @@ pub const SLOW_CALLS_TOTAL: &str = "loopwatch_slow_calls_total";
 /// Call durations, by call name.
 pub const CALL_DURATION_SECONDS: &str = "loopwatch_call_duration_seconds";
 
-pub(crate) fn describe_usage() {
+fn describe_usage() {
     describe_counter!(
         TASKS_SPAWNED_TOTAL,
         Unit::Count,

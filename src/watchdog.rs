@@ -33,6 +33,7 @@ pub(crate) struct Config {
     pub(crate) check_interval: Duration,
     pub(crate) max_reports_per_minute: u32,
     pub(crate) sample_stacks: bool,
+    pub(crate) resident_memory_limit: Option<u64>,
     on_stall: Option<Callback>,
 }
 
@@ -46,6 +47,7 @@ impl fmt::Debug for Config {
             .field("check_interval", &self.check_interval)
             .field("max_reports_per_minute", &self.max_reports_per_minute)
             .field("sample_stacks", &self.sample_stacks)
+            .field("resident_memory_limit", &self.resident_memory_limit)
             .field(
                 "on_stall",
                 &self.on_stall.as_ref().map(|_| "Fn(&StallReport)"),
@@ -88,6 +90,7 @@ impl Default for Builder {
                 check_interval: Watchdog::DEFAULT_CHECK_INTERVAL,
                 max_reports_per_minute: Watchdog::DEFAULT_MAX_REPORTS_PER_MINUTE,
                 sample_stacks: true,
+                resident_memory_limit: None,
                 on_stall: None,
             },
         }
@@ -152,6 +155,14 @@ impl Builder {
     /// runtime left undriven after being driven is reported as stalled.
     pub fn sample_stacks(mut self, enabled: bool) -> Self {
         self.config.sample_stacks = enabled;
+        self
+    }
+
+    /// Resident memory (bytes) above which [`Health`] is `degraded`, with an
+    /// issue line. Default: none. Health is also degraded when open file
+    /// descriptors reach 90 % of the process's limit.
+    pub fn resident_memory_limit(mut self, bytes: u64) -> Self {
+        self.config.resident_memory_limit = Some(bytes);
         self
     }
 
@@ -253,6 +264,12 @@ impl Builder {
         if c.max_reports_per_minute == 0 {
             return Err(Error::ZeroReportRate);
         }
+        if c.resident_memory_limit == Some(0) {
+            return Err(Error::InvalidSetting {
+                setting: "resident_memory_limit",
+                reason: "must be greater than zero; leave it unset for no limit",
+            });
+        }
         Ok(())
     }
 
@@ -275,8 +292,7 @@ impl Builder {
         {
             return Err(Error::AlreadyRunning);
         }
-        series::describe();
-        series::describe_usage();
+        series::describe_all();
         crate::poll::set_blocking_threshold(self.config.blocking_threshold);
         crate::call::set_slow_call_threshold(self.config.slow_call_threshold);
         let shared = Arc::new(Shared {
@@ -509,6 +525,51 @@ impl Watchdog {
     }
 }
 
+/// Figures of one watched runtime, read at one instant (for the exporter).
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "exporter"), allow(dead_code))]
+pub(crate) struct RuntimeSample {
+    pub(crate) name: Arc<str>,
+    pub(crate) workers: usize,
+    pub(crate) alive_tasks: usize,
+    pub(crate) global_queue_depth: usize,
+    pub(crate) busy_seconds: f64,
+    pub(crate) parks: u64,
+}
+
+impl Watchdog {
+    /// Reads tokio's metrics of every watched runtime now (any thread).
+    #[cfg_attr(not(feature = "exporter"), allow(dead_code))]
+    pub(crate) fn runtime_samples(&self) -> Vec<RuntimeSample> {
+        let entries: Vec<Arc<RuntimeEntry>> = self.inner.shared.runtimes.lock().clone();
+        entries
+            .iter()
+            .filter(|e| e.beat.view().alive)
+            .map(|e| {
+                let m = e.handle.metrics();
+                let workers = m.num_workers();
+                #[cfg(target_has_atomic = "64")]
+                let (busy_seconds, parks) = (0..workers).fold((0.0, 0), |(busy, parks), w| {
+                    (
+                        busy + m.worker_total_busy_duration(w).as_secs_f64(),
+                        parks + m.worker_park_count(w),
+                    )
+                });
+                #[cfg(not(target_has_atomic = "64"))]
+                let (busy_seconds, parks) = (0.0, 0);
+                RuntimeSample {
+                    name: e.name.clone(),
+                    workers,
+                    alive_tasks: m.num_alive_tasks(),
+                    global_queue_depth: m.global_queue_depth(),
+                    busy_seconds,
+                    parks,
+                }
+            })
+            .collect()
+    }
+}
+
 fn validate_name(name: &str) -> Result<(), Error> {
     let reason = if name.trim().is_empty() {
         "it is empty; use a short name such as \"main\""
@@ -552,6 +613,8 @@ struct Checker {
     /// How often that happens (ns).
     usage_every_ns: u64,
     hung_ns: u64,
+    /// The process's resources at the last reading.
+    process: crate::process::ProcessStats,
 }
 
 /// How often the heartbeat task of each runtime is woken: a tenth of the
@@ -589,6 +652,7 @@ fn run(shared: &Arc<Shared>, stop: &mpsc::Receiver<()>) {
         last_usage: 0,
         usage_every_ns: nanos(usage_interval(config)),
         hung_ns: nanos(config.hung_task_threshold),
+        process: crate::process::read(),
     };
     tracing::debug!(target: "loopwatch", ?config, "watchdog started");
     // Returns at once when the handle drops the sender (shutdown).
@@ -659,6 +723,7 @@ impl Checker {
             self.last_usage = now;
             self.usage.scan_hung(now, self.hung_ns);
             self.usage.publish();
+            self.process = crate::process::read();
         }
         self.publish(now);
     }
@@ -837,6 +902,29 @@ impl Checker {
                 oldest.join(", ")
             ));
         }
+        let p = &self.process;
+        if let Some(limit) = self.shared.config.resident_memory_limit {
+            if p.resident_memory_bytes > limit {
+                issues.push(format!(
+                    "resident memory {} MiB is above the limit of {} MiB",
+                    p.resident_memory_bytes >> 20,
+                    limit >> 20
+                ));
+                degraded = true;
+            }
+        }
+        if p.max_fds > 0 && p.open_fds * 10 >= p.max_fds * 9 {
+            issues.push(format!(
+                "{} of {} file descriptors open",
+                p.open_fds, p.max_fds
+            ));
+            degraded = true;
+        }
+        let status = if status == Status::Healthy && degraded {
+            Status::Degraded
+        } else {
+            status
+        };
         let status = if status == Status::Healthy && tasks.hung > 0 {
             Status::Degraded
         } else {
@@ -849,7 +937,7 @@ impl Checker {
             tasks,
             hung_tasks,
             calls,
-            ..Health::default()
+            process: p.health(),
         };
         *self.shared.health.lock() = Arc::new(health);
     }

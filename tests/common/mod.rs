@@ -156,3 +156,46 @@ impl Reports {
         assert!(all.is_empty(), "false stalls: {all:?}");
     }
 }
+
+/// A response read with [`http`].
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+    pub took: Duration,
+}
+
+/// Sends `request` (raw bytes) to `addr` and reads the response to the end.
+pub fn http(addr: std::net::SocketAddr, request: &[u8]) -> std::io::Result<Response> {
+    use std::io::{Read, Write};
+    let began = Instant::now();
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(request)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let took = began.elapsed();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok(Response {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+        took,
+    })
+}
+
+/// `GET path` from `addr`.
+pub fn get(addr: std::net::SocketAddr, path: &str) -> Response {
+    http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes(),
+    )
+    .expect("HTTP request")
+}

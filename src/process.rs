@@ -1,0 +1,110 @@
+//! The process's resources, read from `/proc/self` (Linux; zeros elsewhere).
+
+use crate::health::ProcessHealth;
+
+/// Everything read about the process at one instant.
+#[derive(Debug, Clone, Copy, Default)]
+#[cfg_attr(not(feature = "exporter"), allow(dead_code))]
+pub(crate) struct ProcessStats {
+    pub(crate) resident_memory_bytes: u64,
+    pub(crate) virtual_memory_bytes: u64,
+    pub(crate) cpu_seconds: f64,
+    pub(crate) open_fds: u64,
+    pub(crate) max_fds: u64,
+    pub(crate) threads: u64,
+    pub(crate) start_time_seconds: f64,
+}
+
+impl ProcessStats {
+    pub(crate) fn health(&self) -> ProcessHealth {
+        ProcessHealth {
+            resident_memory_bytes: self.resident_memory_bytes,
+            cpu_seconds: self.cpu_seconds,
+            open_fds: self.open_fds,
+            threads: self.threads,
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+pub(crate) fn read() -> ProcessStats {
+    read_linux().unwrap_or_default()
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn read() -> ProcessStats {
+    ProcessStats::default()
+}
+
+#[cfg(target_os = "linux")]
+fn read_linux() -> Option<ProcessStats> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // SAFETY: as above.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // Field numbers of proc(5), minus 3 (pid, comm and state are not in `f`... state is f[0]).
+    let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
+    let utime = field(14)?;
+    let stime = field(15)?;
+    let threads = field(20)?;
+    let start_ticks = field(22)?;
+    let vsize = field(23)?;
+    let rss_pages = field(24)?;
+    let boot_time = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())?;
+    let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    let max_fds = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every target
+        let max = limit.rlim_cur as u64;
+        max
+    } else {
+        0
+    };
+    Some(ProcessStats {
+        resident_memory_bytes: rss_pages * page,
+        virtual_memory_bytes: vsize,
+        cpu_seconds: (utime + stime) as f64 / ticks,
+        open_fds,
+        max_fds,
+        threads,
+        start_time_seconds: boot_time as f64 + start_ticks as f64 / ticks,
+    })
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_plausible_figures_of_this_process() {
+        let start = std::time::Instant::now();
+        while start.elapsed() < std::time::Duration::from_millis(50) {
+            std::hint::spin_loop();
+        }
+        let s = read();
+        assert!(s.resident_memory_bytes > 1 << 20, "{s:?}");
+        assert!(s.virtual_memory_bytes >= s.resident_memory_bytes, "{s:?}");
+        assert!(s.cpu_seconds >= 0.04, "spun 50 ms: {s:?}");
+        assert!(s.open_fds >= 3 && s.max_fds >= s.open_fds, "{s:?}");
+        assert!(s.threads >= 1, "{s:?}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!(
+            s.start_time_seconds <= now + 1.0 && s.start_time_seconds > now - 3600.0,
+            "{s:?}"
+        );
+    }
+}

@@ -1,0 +1,243 @@
+//! The exporter: `/metrics` and `/health` over HTTP, from its own thread.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::{Arc, Barrier};
+use std::time::Duration;
+
+use common::{get, http, multi_thread, serial, wait_until};
+use loopwatch::{Error, Exporter, Watchdog};
+
+fn start(stall: Duration) -> (Watchdog, Exporter) {
+    let watchdog = Watchdog::builder()
+        .stall_threshold(stall)
+        .check_interval(Duration::from_millis(25))
+        .start()
+        .unwrap();
+    let exporter = Exporter::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .request_timeout(Duration::from_millis(800))
+        .start(&watchdog)
+        .unwrap();
+    (watchdog, exporter)
+}
+
+#[test]
+fn metrics_and_health_answer_while_every_worker_is_blocked() {
+    let _serial = serial();
+    let (watchdog, exporter) = start(Duration::from_secs(1));
+    let addr = exporter.local_addr();
+    let rt = multi_thread(2);
+    watchdog.watch_runtime("blocked", rt.handle()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(get(addr, "/health").status, 200);
+
+    let barrier = Arc::new(Barrier::new(2));
+    let tasks: Vec<_> = (0..2)
+        .map(|_| {
+            let b = barrier.clone();
+            rt.spawn(async move {
+                b.wait();
+                std::thread::sleep(Duration::from_millis(2500));
+            })
+        })
+        .collect();
+    assert!(wait_until(Duration::from_secs(3), || get(addr, "/health")
+        .status
+        == 503));
+    let health = get(addr, "/health");
+    assert!(
+        health.took < Duration::from_millis(500),
+        "{:?}",
+        health.took
+    );
+    assert!(
+        health.head.contains("Content-Type: application/json"),
+        "{}",
+        health.head
+    );
+    let json: serde_json::Value = serde_json::from_str(&health.body).unwrap();
+    assert_eq!(json["status"], "stalled");
+    assert_eq!(
+        json["runtimes"][0]["stalled_workers"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let metrics = get(addr, "/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics.took < Duration::from_millis(500),
+        "{:?}",
+        metrics.took
+    );
+    assert!(
+        metrics.head.contains("text/plain; version=0.0.4"),
+        "{}",
+        metrics.head
+    );
+    for line in [
+        "loopwatch_stalled_workers{runtime=\"blocked\"} 2",
+        "loopwatch_runtime_workers{runtime=\"blocked\"} 2",
+        "# TYPE loopwatch_runtime_busy_seconds_total counter",
+        "# TYPE process_cpu_seconds_total counter",
+    ] {
+        assert!(
+            metrics.body.contains(line),
+            "{line} missing from\n{}",
+            metrics.body
+        );
+    }
+    for t in tasks {
+        rt.block_on(t).unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(2), || get(addr, "/health")
+        .status
+        == 200));
+    exporter.shutdown();
+    watchdog.shutdown();
+}
+
+#[test]
+fn routes_methods_and_head_requests() {
+    let _serial = serial();
+    let (watchdog, exporter) = start(Duration::from_secs(5));
+    let addr = exporter.local_addr();
+    assert_eq!(get(addr, "/nope").status, 404);
+    assert_eq!(get(addr, "/metrics?name[]=x").status, 200);
+    let post = http(
+        addr,
+        b"POST /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+    )
+    .unwrap();
+    assert_eq!(post.status, 405);
+    assert!(post.head.contains("Allow: GET, HEAD"), "{}", post.head);
+    assert_eq!(
+        http(addr, b"DELETE /elsewhere HTTP/1.1\r\n\r\n")
+            .unwrap()
+            .status,
+        404
+    );
+    let head = http(addr, b"HEAD /health HTTP/1.1\r\n\r\n").unwrap();
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty(), "HEAD has no body");
+    assert!(head.head.contains("Content-Length: "), "{}", head.head);
+    assert!(!head.head.contains("Content-Length: 0\r"), "{}", head.head);
+    exporter.shutdown();
+    watchdog.shutdown();
+}
+
+#[test]
+fn hostile_clients_never_stop_scraping() {
+    let _serial = serial();
+    let (watchdog, exporter) = start(Duration::from_secs(5));
+    let addr = exporter.local_addr();
+    let prompt = |what: &str| {
+        let r = get(addr, "/metrics");
+        assert_eq!(r.status, 200, "after {what}");
+        assert!(
+            r.took < Duration::from_millis(500),
+            "after {what}: {:?}",
+            r.took
+        );
+    };
+
+    // Junk bytes.
+    let junk = http(addr, b"\x00\x01\x02\xff\xfe garbage\r\n\r\n").unwrap();
+    assert_eq!(junk.status, 400);
+    prompt("junk");
+
+    // A half-sent request, left open.
+    let mut half = TcpStream::connect(addr).unwrap();
+    half.write_all(b"GET /metr").unwrap();
+    prompt("a half-sent request");
+
+    // A 100 kB path.
+    let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(100_000));
+    assert_eq!(http(addr, long.as_bytes()).unwrap().status, 431);
+    prompt("a 100 kB path");
+
+    // A huge Content-Length: the body is never read.
+    let huge = http(
+        addr,
+        b"GET /health HTTP/1.1\r\nContent-Length: 99999999999\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(huge.status, 200);
+    prompt("a huge Content-Length");
+
+    // Many idle connections.
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    prompt("200 idle connections");
+    // They are closed after the request timeout (800 ms here).
+    std::thread::sleep(Duration::from_millis(1200));
+    let mut first = &idle[0];
+    let mut buf = [0u8; 1];
+    first
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    assert_eq!(
+        std::io::Read::read(&mut first, &mut buf).unwrap_or(0),
+        0,
+        "closed by the server"
+    );
+    drop(half);
+    exporter.shutdown();
+    watchdog.shutdown();
+}
+
+#[test]
+fn bind_failures_name_the_address_and_shutdown_frees_the_port() {
+    let _serial = serial();
+    let (watchdog, exporter) = start(Duration::from_secs(5));
+    let taken = exporter.local_addr();
+    let err = Exporter::builder()
+        .bind(taken)
+        .start(&watchdog)
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Bind { addr, .. } if addr == taken),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&taken.to_string()), "{err}");
+    // An address of no local interface (TEST-NET-1).
+    let err = Exporter::builder()
+        .bind("192.0.2.1:9377".parse().unwrap())
+        .start(&watchdog)
+        .unwrap_err();
+    assert!(matches!(err, Error::Bind { .. }), "{err:?}");
+    let err = Exporter::builder()
+        .max_connections(0)
+        .start(&watchdog)
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidSetting {
+                setting: "max_connections",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    exporter.shutdown();
+    let again = Exporter::builder()
+        .bind(taken)
+        .start(&watchdog)
+        .expect("the port is free again");
+    assert_eq!(again.local_addr(), taken);
+    assert_eq!(get(taken, "/health").status, 200);
+    drop(again);
+    assert!(
+        TcpStream::connect(taken).is_err(),
+        "dropped: nothing listens"
+    );
+    watchdog.shutdown();
+}
