@@ -489,16 +489,41 @@ fn render_runtimes(out: &mut String, runtimes: &[crate::watchdog::RuntimeSample]
         ),
     ];
     for (name, kind, help, value) in families {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for r in runtimes {
-            let _ = writeln!(
-                out,
-                "{name}{{runtime=\"{}\"}} {}",
-                escape(&r.name),
-                value(r)
-            );
+        family(out, runtimes, name, kind, help, value);
+    }
+    #[cfg(tokio_unstable)]
+    {
+        let unstable: [(&str, &str, &str, Field); 6] = [
+            ("loopwatch_runtime_polls_total", "counter", "Task polls, summed over workers (tokio_unstable; published by tokio at park and every 61 polls).", |r| r.unstable.polls as f64),
+            ("loopwatch_runtime_steals_total", "counter", "Tasks stolen between workers (tokio_unstable).", |r| r.unstable.steals as f64),
+            ("loopwatch_runtime_overflows_total", "counter", "Times a worker's local queue overflowed (tokio_unstable).", |r| r.unstable.overflows as f64),
+            ("loopwatch_runtime_spawned_tasks_total", "counter", "Tasks spawned on the runtime (tokio_unstable).", |r| r.unstable.spawned_tasks as f64),
+            ("loopwatch_runtime_budget_forced_yields_total", "counter", "Times tasks were forced to yield by the coop budget (tokio_unstable).", |r| r.unstable.budget_forced_yields as f64),
+            ("loopwatch_runtime_blocking_threads", "gauge", "Threads of the runtime's blocking pool (tokio_unstable).", |r| r.unstable.blocking_threads as f64),
+        ];
+        for (name, kind, help, value) in unstable {
+            family(out, runtimes, name, kind, help, value);
         }
+    }
+}
+
+fn family(
+    out: &mut String,
+    runtimes: &[crate::watchdog::RuntimeSample],
+    name: &str,
+    kind: &str,
+    help: &str,
+    value: fn(&crate::watchdog::RuntimeSample) -> f64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for r in runtimes {
+        let _ = writeln!(
+            out,
+            "{name}{{runtime=\"{}\"}} {}",
+            escape(&r.name),
+            value(r)
+        );
     }
 }
 

@@ -535,6 +535,23 @@ pub(crate) struct RuntimeSample {
     pub(crate) global_queue_depth: usize,
     pub(crate) busy_seconds: f64,
     pub(crate) parks: u64,
+    /// Figures only tokio_unstable has.
+    #[cfg(tokio_unstable)]
+    #[cfg_attr(not(feature = "exporter"), allow(dead_code))]
+    pub(crate) unstable: UnstableSample,
+}
+
+/// Runtime figures available under `--cfg tokio_unstable`.
+#[cfg(tokio_unstable)]
+#[derive(Debug, Clone, Copy)]
+#[cfg_attr(not(feature = "exporter"), allow(dead_code))]
+pub(crate) struct UnstableSample {
+    pub(crate) polls: u64,
+    pub(crate) steals: u64,
+    pub(crate) overflows: u64,
+    pub(crate) spawned_tasks: u64,
+    pub(crate) budget_forced_yields: u64,
+    pub(crate) blocking_threads: usize,
 }
 
 impl Watchdog {
@@ -564,6 +581,15 @@ impl Watchdog {
                     global_queue_depth: m.global_queue_depth(),
                     busy_seconds,
                     parks,
+                    #[cfg(tokio_unstable)]
+                    unstable: UnstableSample {
+                        polls: (0..workers).map(|w| m.worker_poll_count(w)).sum(),
+                        steals: (0..workers).map(|w| m.worker_steal_count(w)).sum(),
+                        overflows: (0..workers).map(|w| m.worker_overflow_count(w)).sum(),
+                        spawned_tasks: m.spawned_tasks_count(),
+                        budget_forced_yields: m.budget_forced_yield_count(),
+                        blocking_threads: m.num_blocking_threads(),
+                    },
                 }
             })
             .collect()

@@ -241,3 +241,29 @@ fn bind_failures_name_the_address_and_shutdown_frees_the_port() {
     );
     watchdog.shutdown();
 }
+
+/// Under `--cfg tokio_unstable`, more runtime figures are exported.
+#[cfg(tokio_unstable)]
+#[test]
+fn unstable_runtime_metrics_are_exported() {
+    let _serial = serial();
+    let (watchdog, exporter) = start(Duration::from_secs(5));
+    let rt = multi_thread(2);
+    watchdog.watch_runtime("unstable", rt.handle()).unwrap();
+    rt.block_on(async {
+        for _ in 0..10 {
+            tokio::spawn(async {}).await.unwrap();
+        }
+    });
+    let body = get(exporter.local_addr(), "/metrics").body;
+    for family in [
+        "loopwatch_runtime_polls_total{runtime=\"unstable\"}",
+        "loopwatch_runtime_steals_total{runtime=\"unstable\"}",
+        "loopwatch_runtime_spawned_tasks_total{runtime=\"unstable\"}",
+        "loopwatch_runtime_blocking_threads{runtime=\"unstable\"}",
+    ] {
+        assert!(body.contains(family), "{family} missing:\n{body}");
+    }
+    exporter.shutdown();
+    watchdog.shutdown();
+}

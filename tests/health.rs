@@ -84,3 +84,46 @@ fn health_json_has_the_contract_shape_during_and_after_a_stall() {
     assert_eq!(json["runtimes"][0]["stalled_workers"], Value::Array(vec![]));
     assert!(json["runtimes"][0]["last_stall_seconds"].as_f64().unwrap() >= 1.8);
 }
+
+#[test]
+fn resident_memory_above_the_limit_is_degraded_with_an_issue() {
+    let _serial = serial();
+    let watchdog = loopwatch::Watchdog::builder()
+        .check_interval(Duration::from_millis(25))
+        .hung_task_threshold(Duration::from_millis(500)) // resources are read every 50 ms then
+        .resident_memory_limit(1 << 20) // 1 MiB: any process is above it
+        .start()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(2), || {
+        watchdog.health().status == loopwatch::Status::Degraded
+    }));
+    let health = watchdog.health();
+    assert!(
+        health.process.resident_memory_bytes > 1 << 20,
+        "{:?}",
+        health.process
+    );
+    assert!(
+        health
+            .issues
+            .iter()
+            .any(|i| i.contains("resident memory") && i.contains("above the limit")),
+        "{:?}",
+        health.issues
+    );
+    watchdog.shutdown();
+    let err = loopwatch::Watchdog::builder()
+        .resident_memory_limit(0)
+        .start()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            loopwatch::Error::InvalidSetting {
+                setting: "resident_memory_limit",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+}
