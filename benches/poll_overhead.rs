@@ -6,7 +6,9 @@
 //!   per yield), spawned with `tokio::spawn`, with `loopwatch::spawn_named`,
 //!   and with tokio-metrics' `TaskMonitor::instrument`; per poll;
 //! - `call/*`: one sync call that does not block, plain, marked
-//!   `#[instrument_blocking]`, and through `loopwatch::blocking`.
+//!   `#[instrument_blocking]`, and through `loopwatch::blocking`;
+//! - `spawn/*`: spawning and awaiting 100 empty tasks, with `tokio::spawn`
+//!   and with `loopwatch::spawn_named`; per task.
 //!
 //! ```text
 //! cargo bench --bench poll_overhead
@@ -98,6 +100,36 @@ fn calls(c: &mut Criterion) {
     });
     group.bench_function("blocking_fn", |b| {
         b.iter(|| loopwatch::blocking("bench.blocking", || plain(std::hint::black_box(7))))
+    });
+    group.finish();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("spawn");
+    group.throughput(criterion::Throughput::Elements(100));
+    group.bench_function("tokio_spawn", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let handles: Vec<_> = (0..100).map(|_| tokio::spawn(async {})).collect();
+                for h in handles {
+                    h.await.unwrap();
+                }
+            })
+        })
+    });
+    group.bench_function("loopwatch_spawn_named", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let handles: Vec<_> = (0..100)
+                    .map(|_| loopwatch::spawn_named("bench.spawn", async {}))
+                    .collect();
+                for h in handles {
+                    h.await.unwrap();
+                }
+            })
+        })
     });
     group.finish();
 }

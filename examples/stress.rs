@@ -9,6 +9,11 @@
 //! ```text
 //! cargo run --release --example stress -- --duration 15 --stall-threshold 1s --output results.json
 //! ```
+//!
+//! `--scale` runs the scale mode instead: 1,000,000 tasks through the system
+//! while 10,000 stay alive; it reports peak resident memory, bytes per live
+//! task, the watchdog thread's CPU share, and that memory returns to where it
+//! was (Linux).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -18,6 +23,9 @@ use std::time::{Duration, Instant};
 
 use loopwatch::{Exporter, StallReport, Watchdog};
 
+#[path = "support/measure.rs"]
+mod measure;
+
 const WORKERS: usize = 4;
 const CHECK: Duration = Duration::from_millis(50);
 
@@ -26,6 +34,7 @@ struct Options {
     stall: Duration,
     seed: u64,
     output: Option<String>,
+    scale: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -34,6 +43,7 @@ fn options() -> Result<Options, String> {
         stall: Duration::from_secs(1),
         seed: 1,
         output: None,
+        scale: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -43,8 +53,9 @@ fn options() -> Result<Options, String> {
             "--stall-threshold" => o.stall = parse_duration(&value()?)?,
             "--seed" => o.seed = value()?.parse().map_err(|_| "--seed takes a number")?,
             "--output" => o.output = Some(value()?),
+            "--scale" => o.scale = true,
             "--help" | "-h" => {
-                return Err("usage: stress [--duration SECONDS] [--stall-threshold 1s|500ms] [--seed N] [--output FILE]".into())
+                return Err("usage: stress [--duration SECONDS] [--stall-threshold 1s|500ms] [--seed N] [--output FILE] [--scale]".into())
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
@@ -124,6 +135,9 @@ fn main() {
 
 fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let o = options()?;
+    if o.scale {
+        return scale(&o);
+    }
     // The injected panics are expected: keep their messages out of the output.
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -576,4 +590,107 @@ fn request(addr: SocketAddr, path: &str) -> Result<(u16, String), Box<dyn std::e
         .and_then(|s| s.parse().ok())
         .ok_or("no status")?;
     Ok((status, body.to_owned()))
+}
+
+/// Scale mode: 1,000,000 tasks through a 4-worker runtime while 10,000 stay alive.
+fn scale(o: &Options) -> Result<bool, Box<dyn std::error::Error>> {
+    const LIVE: usize = 10_000;
+    const TOTAL: usize = 1_000_000;
+    const BATCH: usize = 10_000;
+    let watchdog = Watchdog::builder().start()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(WORKERS)
+        .enable_all()
+        .build()?;
+    watchdog.watch_runtime("scale", rt.handle())?;
+    let _enter = rt.enter();
+    // Warm up, then the baseline.
+    rt.block_on(async {
+        for _ in 0..BATCH {
+            loopwatch::spawn_named("scale.batch", async {})
+                .await
+                .unwrap();
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let baseline = measure::resident()?;
+    let cpu = measure::thread_cpu_clock("loopwatch-watch").ok_or("no thread CPU clock here")?;
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(baseline));
+    let sampling = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            while sampling.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(r) = measure::resident() {
+                    peak.fetch_max(r, std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let live: Vec<_> = (0..LIVE)
+        .map(|_| loopwatch::spawn_named("scale.live", std::future::pending::<()>()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let with_live = measure::resident()?;
+    let (cpu0, t0) = (cpu()?, Instant::now());
+    rt.block_on(async {
+        for _ in 0..TOTAL / BATCH {
+            let handles: Vec<_> = (0..BATCH)
+                .map(|_| {
+                    loopwatch::spawn_named("scale.batch", async { tokio::task::yield_now().await })
+                })
+                .collect();
+            for h in handles {
+                h.await.unwrap();
+            }
+        }
+    });
+    let (cpu1, t1) = (cpu()?, Instant::now());
+    let alive_during = watchdog.health().tasks.alive;
+    for h in &live {
+        h.abort();
+    }
+    rt.block_on(async {
+        for h in live {
+            let _ = h.await;
+        }
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    sampling.store(false, std::sync::atomic::Ordering::Relaxed);
+    let _ = sampler.join();
+    let end = measure::resident()?;
+    let health = watchdog.health();
+    let per_live = (with_live as f64 - baseline as f64) / LIVE as f64;
+    let cpu_share = (cpu1 - cpu0).as_secs_f64() / (t1 - t0).as_secs_f64() * 100.0;
+    let back = end <= baseline + (1 << 20);
+    let ok = back && health.tasks.alive == 0 && alive_during >= LIVE as u64;
+    println!("loopwatch scale mode ({WORKERS} workers, seed {}):", o.seed);
+    println!(
+        "  {TOTAL} tasks through the system in {:.1} s with {LIVE} alive throughout",
+        (t1 - t0).as_secs_f64()
+    );
+    println!("  resident: baseline {} KiB, with {LIVE} live {} KiB ({per_live:.0} bytes per live task), peak {} KiB, at the end {} KiB ({:+} KiB)",
+        baseline >> 10, with_live >> 10, peak.load(std::sync::atomic::Ordering::Relaxed) >> 10, end >> 10, (end as i64 - baseline as i64) >> 10);
+    println!("  watchdog thread CPU while the tasks ran: {cpu_share:.3} % of one core");
+    println!(
+        "  {}",
+        if ok {
+            "PASS: memory back to its baseline, no task left alive"
+        } else {
+            "FAIL"
+        }
+    );
+    if let Some(path) = &o.output {
+        let json = serde_json::json!({
+            "pass": ok,
+            "tasks": TOTAL, "live": LIVE,
+            "resident_bytes": {"baseline": baseline, "with_live": with_live, "peak": peak.load(std::sync::atomic::Ordering::Relaxed), "end": end},
+            "bytes_per_live_task": per_live,
+            "watchdog_cpu_percent_of_one_core": cpu_share,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
+    }
+    watchdog.shutdown();
+    Ok(ok)
 }

@@ -13,6 +13,10 @@
 use std::future::pending;
 use std::time::Duration;
 
+#[path = "support/measure.rs"]
+mod measure;
+use measure::resident;
+
 const LIVE: usize = 100_000;
 const TOTAL: usize = 1_000_000;
 const BATCH: usize = 10_000;
@@ -97,25 +101,4 @@ fn live_tasks(rt: &tokio::runtime::Runtime, n: usize, instrumented: bool) -> f64
     });
     // The handles vector itself is part of both measurements alike.
     (during as f64 - before as f64) / n as f64
-}
-
-/// Resident memory in bytes, after returning freed heap memory to the OS.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn resident() -> Result<u64, Box<dyn std::error::Error>> {
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe { libc::malloc_trim(0) };
-    let statm = std::fs::read_to_string("/proc/self/statm")?;
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .ok_or("unexpected /proc/self/statm")?
-        .parse()?;
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
-    Ok(pages * page)
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn resident() -> Result<u64, Box<dyn std::error::Error>> {
-    Err("this example reads /proc/self/statm (Linux, glibc)".into())
 }

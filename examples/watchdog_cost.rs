@@ -1,6 +1,7 @@
 //! Measures the CPU time of the watchdog thread per second of wall time, at
-//! the default check interval, with one and with eight watched runtimes
-//! running instrumented work.
+//! the default check interval: with one and with eight watched runtimes
+//! running instrumented work, and with one runtime holding 10,000 live
+//! instrumented tasks (scanned for hung tasks every second).
 //!
 //! ```text
 //! cargo run --release --example watchdog_cost -- --seconds 10
@@ -11,6 +12,10 @@
 use std::time::{Duration, Instant};
 
 use loopwatch::{WatchExt as _, Watchdog};
+
+#[path = "support/measure.rs"]
+mod measure;
+use measure::thread_cpu_clock;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut seconds = 10.0_f64;
@@ -30,8 +35,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let wall = Duration::from_secs_f64(seconds);
     baseline(wall)?;
     for runtimes in [1, 8] {
-        measure(runtimes, wall)?;
+        measure(runtimes, wall, 0)?;
     }
+    measure(1, wall, 10_000)?;
     Ok(())
 }
 
@@ -75,7 +81,7 @@ fn report(what: &str, used: Duration, elapsed: Duration, interval: Duration) {
     );
 }
 
-fn measure(runtimes: usize, wall: Duration) -> Result<(), Box<dyn std::error::Error>> {
+fn measure(runtimes: usize, wall: Duration, live: usize) -> Result<(), Box<dyn std::error::Error>> {
     let watchdog = Watchdog::builder().start()?;
     let rts: Vec<tokio::runtime::Runtime> = (0..runtimes)
         .map(|_| {
@@ -99,6 +105,12 @@ fn measure(runtimes: usize, wall: Duration) -> Result<(), Box<dyn std::error::Er
             );
         }
     }
+    let parked: Vec<_> = {
+        let _enter = rts[0].enter();
+        (0..live)
+            .map(|_| loopwatch::spawn_named("parked", std::future::pending::<()>()))
+            .collect()
+    };
     std::thread::sleep(Duration::from_millis(300));
     let Some(cpu) = thread_cpu_clock("loopwatch-watch") else {
         println!("watchdog_cost: the thread CPU clock is only read on Linux; nothing measured");
@@ -116,39 +128,9 @@ fn measure(runtimes: usize, wall: Duration) -> Result<(), Box<dyn std::error::Er
         t1 - t0,
         watchdog.check_interval(),
     );
+    for task in parked {
+        task.abort();
+    }
     watchdog.shutdown();
     Ok(())
-}
-
-type CpuClock = Box<dyn Fn() -> Result<Duration, Box<dyn std::error::Error>>>;
-
-/// A reader of the CPU time of the thread named `comm` (the kernel's 15-byte name).
-#[cfg(target_os = "linux")]
-fn thread_cpu_clock(comm: &str) -> Option<CpuClock> {
-    let tid: libc::pid_t = std::fs::read_dir("/proc/self/task")
-        .ok()?
-        .filter_map(Result::ok)
-        .find(|e| std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == comm))?
-        .file_name()
-        .to_str()?
-        .parse()
-        .ok()?;
-    // The kernel's CPU clock of one thread: MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED).
-    let clock: libc::clockid_t = ((!tid) << 3) | 6;
-    Some(Box::new(move || {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: ts is a valid timespec to write to.
-        if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-            return Err(std::io::Error::last_os_error().into());
-        }
-        Ok(Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32))
-    }))
-}
-
-#[cfg(not(target_os = "linux"))]
-fn thread_cpu_clock(_comm: &str) -> Option<CpuClock> {
-    None
 }

@@ -59,7 +59,7 @@ where
     F::Output: Send + 'static,
 {
     tokio::spawn(Task::new(
-        names::intern(name),
+        names::intern_cached(name),
         future,
         never_failed::<F::Output>,
     ))
@@ -86,7 +86,11 @@ where
     T: Send + 'static,
     E: Send + 'static,
 {
-    tokio::spawn(Task::new(names::intern(name), future, Result::is_err))
+    tokio::spawn(Task::new(
+        names::intern_cached(name),
+        future,
+        Result::is_err,
+    ))
 }
 
 fn never_failed<T>(_: &T) -> bool {
