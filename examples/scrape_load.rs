@@ -1,7 +1,8 @@
 //! 50 concurrent scrapes of `/metrics` and `/health` while every worker of
 //! the application's runtime is blocked, against the same scrapes while it is
 //! idle (the baseline, same run). Prints p50 / p99 / max latency; exits
-//! non-zero if any scrape failed.
+//! non-zero if any scrape failed. Then the time of one `/metrics` scrape with
+//! about 1,000 series more (125 task names), against the same before them.
 //!
 //! ```text
 //! cargo run --release --example scrape_load
@@ -55,12 +56,53 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     report("runtime idle (baseline)", &idle);
     report("every worker blocked", &blocked);
     println!("/health answered {stalled_status} during the stall");
+
+    let small = scrape_time(addr)?;
+    let series_before = series(addr)?;
+    rt.block_on(async {
+        for i in 0..125 {
+            let name: &'static str = Box::leak(format!("load.task{i}").into_boxed_str());
+            loopwatch::spawn_named(name, async {}).await.expect("task");
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500)); // published every second
+    let large = scrape_time(addr)?;
+    let series_after = series(addr)?;
+    println!(
+        "one /metrics scrape (median of 21): {series_before} series {:.2} ms; {series_after} series {:.2} ms (x{:.1})",
+        small.as_secs_f64() * 1e3,
+        large.as_secs_f64() * 1e3,
+        large.as_secs_f64() / small.as_secs_f64()
+    );
     exporter.shutdown();
     watchdog.shutdown();
     if stalled_status != 503 {
         return Err("/health did not say 503 during the stall".into());
     }
     Ok(())
+}
+
+/// Median time of 21 sequential `/metrics` scrapes.
+fn scrape_time(addr: SocketAddr) -> Result<Duration, Box<dyn std::error::Error>> {
+    let mut times = Vec::new();
+    for _ in 0..21 {
+        times.push(request(addr, "/metrics")?.1);
+    }
+    times.sort();
+    Ok(times[10])
+}
+
+/// Number of samples (lines that are not comments) in the exposition.
+fn series(addr: SocketAddr) -> Result<usize, Box<dyn std::error::Error>> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: load\r\n\r\n")?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Ok(body
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .count())
 }
 
 /// One round: `CONCURRENT` threads, each scraping `/metrics` then `/health`.

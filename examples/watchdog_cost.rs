@@ -121,7 +121,7 @@ fn measure(runtimes: usize, wall: Duration, live: usize) -> Result<(), Box<dyn s
     let (c1, t1) = (cpu()?, Instant::now());
     report(
         &format!(
-            "watchdog thread, {runtimes} runtime(s) x 2 workers, check every {:?}",
+            "watchdog thread, {runtimes} runtime(s) x 2 workers, {live} live tasks, check every {:?}",
             watchdog.check_interval()
         ),
         c1.saturating_sub(c0),

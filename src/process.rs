@@ -36,6 +36,10 @@ pub(crate) fn read() -> ProcessStats {
     ProcessStats::default()
 }
 
+/// The system's boot time (unix seconds), read once.
+#[cfg(target_os = "linux")]
+static BOOT_TIME: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
 #[cfg(target_os = "linux")]
 fn read_linux() -> Option<ProcessStats> {
     // SAFETY: sysconf has no preconditions.
@@ -54,10 +58,15 @@ fn read_linux() -> Option<ProcessStats> {
     let start_ticks = field(22)?;
     let vsize = field(23)?;
     let rss_pages = field(24)?;
-    let boot_time = std::fs::read_to_string("/proc/stat")
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())?;
+    let boot_time = *BOOT_TIME.get_or_init(|| {
+        std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    });
     let open_fds = std::fs::read_dir("/proc/self/fd").ok()?.count() as u64;
     let mut limit = libc::rlimit {
         rlim_cur: 0,

@@ -619,6 +619,9 @@ struct RuntimeTotals {
     last_stall_ns: Option<u64>,
     last_stall_end: u64,
     last_beats: u64,
+    /// The stalled-workers gauge as last set, and when the gauges were last set (ns).
+    last_stalled_gauge: Option<usize>,
+    last_gauges: u64,
 }
 
 /// The watchdog thread's state.
@@ -639,6 +642,9 @@ struct Checker {
     /// How often that happens (ns).
     usage_every_ns: u64,
     hung_ns: u64,
+    /// When live tasks were last scanned for hung ones, and how often (ns).
+    last_hung_scan: u64,
+    hung_scan_every_ns: u64,
     /// The process's resources at the last reading.
     process: crate::process::ProcessStats,
 }
@@ -651,9 +657,17 @@ fn heartbeat_interval(config: &Config) -> Duration {
     (config.stall_threshold / 10).clamp(floor, floor.max(Duration::from_secs(1)))
 }
 
-/// How often hung tasks are looked for (a scan of every live task) and the
-/// per-name series are published: every second, or every tenth of the
-/// hung-task threshold if that is shorter, and at least every check.
+/// How often live tasks are scanned for hung ones (every live task is
+/// read): a tenth of the hung-task threshold, between the usage interval and
+/// 10 s. A task is reported hung within `hung_task_threshold` plus this.
+fn hung_scan_interval(config: &Config) -> Duration {
+    let floor = usage_interval(config);
+    (config.hung_task_threshold / 10).clamp(floor, floor.max(Duration::from_secs(10)))
+}
+
+/// How often the per-name series are published and the process's resources
+/// read: every second, or every tenth of the hung-task threshold if that is
+/// shorter, and at least every check.
 fn usage_interval(config: &Config) -> Duration {
     (config.hung_task_threshold / 10)
         .min(Duration::from_secs(1))
@@ -678,6 +692,8 @@ fn run(shared: &Arc<Shared>, stop: &mpsc::Receiver<()>) {
         last_usage: 0,
         usage_every_ns: nanos(usage_interval(config)),
         hung_ns: nanos(config.hung_task_threshold),
+        last_hung_scan: 0,
+        hung_scan_every_ns: nanos(hung_scan_interval(config)),
         process: crate::process::read(),
     };
     tracing::debug!(target: "loopwatch", ?config, "watchdog started");
@@ -747,7 +763,10 @@ impl Checker {
         }
         if now.saturating_sub(self.last_usage) >= self.usage_every_ns {
             self.last_usage = now;
-            self.usage.scan_hung(now, self.hung_ns);
+            if now.saturating_sub(self.last_hung_scan) >= self.hung_scan_every_ns {
+                self.last_hung_scan = now;
+                self.usage.scan_hung(now, self.hung_ns);
+            }
             self.usage.publish();
             self.process = crate::process::read();
         }
@@ -868,7 +887,14 @@ impl Checker {
                 totals.last_beats = m.beat.beats;
                 series::heartbeat(&m.entry.name, m.beat.last_lag);
             }
-            series::runtime_gauges(&m.entry.name, stalled.len(), unix_now - age as f64 / 1e9);
+            // Gauges: at once when the stalled count changes, else every second.
+            if totals.last_stalled_gauge != Some(stalled.len())
+                || now.saturating_sub(totals.last_gauges) >= 1_000_000_000
+            {
+                totals.last_stalled_gauge = Some(stalled.len());
+                totals.last_gauges = now;
+                series::runtime_gauges(&m.entry.name, stalled.len(), unix_now - age as f64 / 1e9);
+            }
             if stalled.is_empty() && m.beat.beats > 0 && age >= stall_ns && !m.undriven() {
                 degraded = true;
                 issues.push(format!(
