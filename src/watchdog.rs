@@ -120,7 +120,9 @@ impl Builder {
         self
     }
 
-    /// A live task not polled for this long is hung.
+    /// A live task not polled for this long is hung. Live tasks are scanned
+    /// every tenth of it (at most every 10 s), so a hung task shows within
+    /// the threshold plus a tenth.
     /// Default: [`Watchdog::DEFAULT_HUNG_TASK_THRESHOLD`] (60 s).
     pub fn hung_task_threshold(mut self, threshold: Duration) -> Self {
         self.config.hung_task_threshold = threshold;
