@@ -59,6 +59,31 @@ pub struct Health {
     pub calls: BTreeMap<String, CallCounts>,
     /// The process's resources.
     pub process: ProcessHealth,
+    /// The last reported stalls, newest first, with the stuck thread's stack
+    /// where it was taken (see [`Builder::recent_stalls`](crate::Builder::recent_stalls)).
+    pub recent_stalls: Vec<RecentStall>,
+}
+
+/// A stall reported recently: ongoing or ended.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+#[non_exhaustive]
+pub struct RecentStall {
+    /// The runtime's name.
+    pub runtime: String,
+    /// The worker's index, when known.
+    pub worker: Option<usize>,
+    /// The task, when instrumented.
+    pub task: Option<String>,
+    /// The stuck thread's name, when known.
+    pub thread: Option<String>,
+    /// How long it was stuck: so far, or in all once it `ended`.
+    pub stalled_for_seconds: f64,
+    /// Whether the stall is over.
+    pub ended: bool,
+    /// Whether the thread was on a CPU when last looked at.
+    pub cpu_bound: Option<bool>,
+    /// The stuck thread's stack at the last report.
+    pub backtrace: Option<String>,
 }
 
 /// One watched runtime.

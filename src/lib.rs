@@ -76,6 +76,7 @@
 mod call;
 mod clock;
 mod error;
+mod evidence;
 #[cfg(feature = "exporter")]
 mod exporter;
 mod health;

@@ -117,10 +117,6 @@ impl RuntimeMonitor {
         }
     }
 
-    pub(crate) fn is_current_thread(&self) -> bool {
-        self.current_thread
-    }
-
     pub(crate) fn num_workers(&self) -> usize {
         self.workers.len()
     }
@@ -240,6 +236,7 @@ impl RuntimeMonitor {
                 since: s.poll_start,
                 task: s.task,
                 thread: s.info.name.clone(),
+                os_tid: s.info.os_tid,
             });
         }
         unmatched.retain(|&(_, since, _)| is_frozen(since));
@@ -281,10 +278,13 @@ impl RuntimeMonitor {
         }
 
         for (n, &(worker, since, _)) in unmatched.iter().take(anonymous).enumerate() {
-            let thread = if named {
-                suspects.get(n).and_then(|s| s.info.name.clone())
-            } else {
-                None
+            let suspect = if named { suspects.get(n) } else { None };
+            let thread = suspect.and_then(|s| s.info.name.clone());
+            // The stuck thread: a hooked suspect, or the driver of a current-thread runtime.
+            let os_tid = match suspect {
+                Some(s) => s.info.os_tid,
+                None if self.current_thread => self.beat.driver_tid,
+                None => 0,
             };
             found.push(Candidate {
                 key: StallKey::Worker {
@@ -298,6 +298,7 @@ impl RuntimeMonitor {
                 since,
                 task: None,
                 thread,
+                os_tid,
             });
         }
 
@@ -318,6 +319,7 @@ impl RuntimeMonitor {
                     since,
                     task: None,
                     thread: None,
+                    os_tid: 0,
                 });
             }
         }

@@ -28,6 +28,8 @@ pub(crate) struct ThreadInfo {
     pub(crate) runtime: Option<tokio::runtime::Id>,
     /// The thread's name.
     pub(crate) name: Option<Arc<str>>,
+    /// The kernel's id of the thread (Linux; 0 elsewhere), for its stack.
+    pub(crate) os_tid: i64,
 }
 
 /// One thread's slot.
@@ -64,6 +66,7 @@ impl Slot {
             info: Mutex::new(ThreadInfo {
                 runtime: None,
                 name: None,
+                os_tid: 0,
             }),
         }
     }
@@ -128,6 +131,7 @@ fn current_thread_info() -> ThreadInfo {
     ThreadInfo {
         runtime,
         name: std::thread::current().name().map(Arc::from),
+        os_tid: crate::stack::current_tid(),
     }
 }
 

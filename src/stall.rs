@@ -25,8 +25,18 @@ pub struct StallReport {
     pub task: Option<String>,
     /// The stuck thread's name, when known.
     pub thread: Option<String>,
-    /// The stuck thread's stack, where it can be taken.
+    /// The stuck thread's stack, innermost first, trimmed to the frames a
+    /// person needs (Linux, with [`sample_stacks`](crate::Builder::sample_stacks),
+    /// when the stuck thread is known: an instrumented task, a runtime built
+    /// with [`install_runtime_hooks`](crate::install_runtime_hooks), or a
+    /// current-thread runtime).
     pub backtrace: Option<String>,
+    /// Whether the stuck thread was running on a CPU (a CPU hog) rather than
+    /// waiting in the kernel (a blocking call, a lock, a sleep), when known.
+    pub cpu_bound: Option<bool>,
+    /// At an escalation: whether the stack changed since the last report
+    /// (`false`: stuck at the same place).
+    pub stack_moved: Option<bool>,
     /// 0 for the first report of this stall, 1 at twice the threshold, 2 at
     /// four times, and so on.
     pub escalation: u32,
@@ -45,6 +55,11 @@ impl fmt::Display for StallReport {
         }
         if let Some(thread) = &self.thread {
             write!(f, " on thread '{thread}'")?;
+        }
+        match self.cpu_bound {
+            Some(true) => f.write_str(" (on CPU)")?,
+            Some(false) => f.write_str(" (waiting, off CPU)")?,
+            None => {}
         }
         Ok(())
     }
@@ -76,6 +91,8 @@ pub(crate) struct Candidate {
     pub(crate) since: u64,
     pub(crate) task: Option<&'static str>,
     pub(crate) thread: Option<Arc<str>>,
+    /// Kernel id of the stuck thread, when known (0 = unknown).
+    pub(crate) os_tid: i64,
 }
 
 impl Candidate {
@@ -87,6 +104,8 @@ impl Candidate {
             task: self.task.map(str::to_owned),
             thread: self.thread.as_deref().map(str::to_owned),
             backtrace: None,
+            cpu_bound: None,
+            stack_moved: None,
             escalation,
         }
     }
@@ -106,11 +125,17 @@ struct Active {
 #[derive(Debug)]
 pub(crate) enum Event {
     /// A stall flagged now (`escalation == 0`) or escalated.
-    Report(StallReport),
+    Report {
+        report: StallReport,
+        key: StallKey,
+        /// Kernel id of the stuck thread (0 = unknown).
+        os_tid: i64,
+    },
     /// A report held back by the rate limit; `new` when it was a stall's first.
     Suppressed { runtime: Arc<str>, new: bool },
     /// A stall that ended; `reported` when its first report went out.
     End {
+        key: StallKey,
         runtime: Arc<str>,
         runtime_serial: u64,
         worker: Option<usize>,
@@ -184,8 +209,13 @@ impl StallMachine {
                     }
                     let report = active.candidate.report(now, active.escalation);
                     let runtime = active.candidate.runtime.clone();
+                    let os_tid = active.candidate.os_tid;
                     if self.allow(now) {
-                        events.push(Event::Report(report));
+                        events.push(Event::Report {
+                            report,
+                            key,
+                            os_tid,
+                        });
                     } else {
                         events.push(Event::Suppressed {
                             runtime,
@@ -203,7 +233,11 @@ impl StallMachine {
             }
             let reported = self.allow(now);
             if reported {
-                events.push(Event::Report(candidate.report(now, 0)));
+                events.push(Event::Report {
+                    report: candidate.report(now, 0),
+                    key,
+                    os_tid: candidate.os_tid,
+                });
             } else {
                 events.push(Event::Suppressed {
                     runtime: candidate.runtime.clone(),
@@ -230,6 +264,7 @@ impl StallMachine {
             if let Some(active) = self.active.remove(&key) {
                 let c = active.candidate;
                 events.push(Event::End {
+                    key,
                     duration: Duration::from_nanos(now.saturating_sub(c.since)),
                     runtime: c.runtime,
                     runtime_serial: c.runtime_serial,
@@ -262,6 +297,7 @@ mod tests {
             since,
             task: Some("job"),
             thread: None,
+            os_tid: 0,
         }
     }
 
@@ -269,7 +305,7 @@ mod tests {
         events
             .iter()
             .filter_map(|e| match e {
-                Event::Report(r) => Some(r.escalation),
+                Event::Report { report, .. } => Some(report.escalation),
                 _ => None,
             })
             .collect()
@@ -318,7 +354,7 @@ mod tests {
             };
             for e in m.update(t, vec![c]) {
                 match e {
-                    Event::Report(_) => sent += 1,
+                    Event::Report { .. } => sent += 1,
                     Event::Suppressed { new: true, .. } => suppressed += 1,
                     _ => {}
                 }

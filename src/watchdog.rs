@@ -11,11 +11,11 @@ use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
 use crate::clock::{nanos, now_ns, unix_seconds};
-use crate::health::{Health, RuntimeHealth, StalledWorker, Status};
+use crate::health::{Health, RecentStall, RuntimeHealth, StalledWorker, Status};
 use crate::heartbeat::{Beat, Heartbeat};
 use crate::monitor::{RuntimeEntry, RuntimeMonitor, Thresholds};
 use crate::series;
-use crate::stall::{Event, StallMachine, StallReport};
+use crate::stall::{Event, StallKey, StallMachine, StallReport};
 use crate::{slot, Error};
 
 type Callback = Arc<dyn Fn(&StallReport) + Send + Sync>;
@@ -34,6 +34,7 @@ pub(crate) struct Config {
     pub(crate) max_reports_per_minute: u32,
     pub(crate) sample_stacks: bool,
     pub(crate) resident_memory_limit: Option<u64>,
+    pub(crate) recent_stalls: usize,
     on_stall: Option<Callback>,
 }
 
@@ -48,6 +49,7 @@ impl fmt::Debug for Config {
             .field("max_reports_per_minute", &self.max_reports_per_minute)
             .field("sample_stacks", &self.sample_stacks)
             .field("resident_memory_limit", &self.resident_memory_limit)
+            .field("recent_stalls", &self.recent_stalls)
             .field(
                 "on_stall",
                 &self.on_stall.as_ref().map(|_| "Fn(&StallReport)"),
@@ -91,6 +93,7 @@ impl Default for Builder {
                 max_reports_per_minute: Watchdog::DEFAULT_MAX_REPORTS_PER_MINUTE,
                 sample_stacks: true,
                 resident_memory_limit: None,
+                recent_stalls: Watchdog::DEFAULT_RECENT_STALLS,
                 on_stall: None,
             },
         }
@@ -157,6 +160,14 @@ impl Builder {
     /// runtime left undriven after being driven is reported as stalled.
     pub fn sample_stacks(mut self, enabled: bool) -> Self {
         self.config.sample_stacks = enabled;
+        self
+    }
+
+    /// How many of the last reported stalls [`Health::recent_stalls`] keeps,
+    /// with their stacks, for an operator who arrives after the fact.
+    /// Default: [`Watchdog::DEFAULT_RECENT_STALLS`] (10).
+    pub fn recent_stalls(mut self, count: usize) -> Self {
+        self.config.recent_stalls = count;
         self
     }
 
@@ -305,6 +316,15 @@ impl Builder {
             callback_panics: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
         });
+        if shared.config.sample_stacks {
+            // Load the symbol tables before a stall needs them (once per process).
+            let _ = std::thread::Builder::new()
+                .name("loopwatch-symbols".into())
+                .spawn(|| {
+                    crate::stack::warm_up();
+                    crate::evidence::warm_up();
+                });
+        }
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
@@ -412,6 +432,8 @@ impl Watchdog {
     pub const DEFAULT_HUNG_TASK_THRESHOLD: Duration = Duration::from_secs(60);
     /// Default [`Builder::check_interval`]: 100 ms.
     pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+    /// Default [`Builder::recent_stalls`]: 10.
+    pub const DEFAULT_RECENT_STALLS: usize = 10;
     /// Default [`Builder::max_reports_per_minute`]: 10.
     pub const DEFAULT_MAX_REPORTS_PER_MINUTE: u32 = 10;
     /// Smallest [`Builder::check_interval`] accepted: 1 ms.
@@ -635,8 +657,6 @@ struct Checker {
     monitors: Vec<RuntimeMonitor>,
     totals: std::collections::HashMap<u64, RuntimeTotals>,
     stalls: StallMachine,
-    /// Whether the symbol table has been asked for.
-    warmed_up: bool,
     /// Tasks and calls, read from the name registry.
     usage: crate::usage::Usage,
     /// When hung tasks were last looked for and usage last published (ns).
@@ -644,6 +664,10 @@ struct Checker {
     /// How often that happens (ns).
     usage_every_ns: u64,
     hung_ns: u64,
+    /// Each active stall's last stack sample, to tell whether it moved.
+    last_frames: std::collections::HashMap<StallKey, Vec<usize>>,
+    /// The last reported stalls, oldest first.
+    recent: std::collections::VecDeque<(StallKey, RecentStall)>,
     /// When live tasks were last scanned for hung ones, and how often (ns).
     last_hung_scan: u64,
     hung_scan_every_ns: u64,
@@ -689,11 +713,12 @@ fn run(shared: &Arc<Shared>, stop: &mpsc::Receiver<()>) {
         monitors: Vec::new(),
         totals: std::collections::HashMap::new(),
         stalls: StallMachine::new(config.stall_threshold, config.max_reports_per_minute),
-        warmed_up: false,
         usage: crate::usage::Usage::default(),
         last_usage: 0,
         usage_every_ns: nanos(usage_interval(config)),
         hung_ns: nanos(config.hung_task_threshold),
+        last_frames: std::collections::HashMap::new(),
+        recent: std::collections::VecDeque::new(),
         last_hung_scan: 0,
         hung_scan_every_ns: nanos(hung_scan_interval(config)),
         process: crate::process::read(),
@@ -715,15 +740,7 @@ impl Checker {
             .retain(|m| registered.iter().any(|r| Arc::ptr_eq(r, &m.entry)));
         for entry in registered.iter() {
             if !self.monitors.iter().any(|m| Arc::ptr_eq(&m.entry, entry)) {
-                let monitor = RuntimeMonitor::new(entry.clone());
-                if monitor.is_current_thread() && self.thresholds.sample_stacks && !self.warmed_up {
-                    // Read the symbol table before any stall needs it.
-                    self.warmed_up = true;
-                    let _ = std::thread::Builder::new()
-                        .name("loopwatch-symbols".into())
-                        .spawn(crate::stack::warm_up);
-                }
-                self.monitors.push(monitor);
+                self.monitors.push(RuntimeMonitor::new(entry.clone()));
             }
         }
     }
@@ -777,7 +794,12 @@ impl Checker {
 
     fn deliver(&mut self, event: Event, gone: &[(Arc<str>, u64)]) {
         match event {
-            Event::Report(report) => {
+            Event::Report {
+                mut report,
+                key,
+                os_tid,
+            } => {
+                self.add_evidence(&mut report, key, os_tid);
                 if report.escalation == 0 {
                     series::stall_flagged(&report.runtime);
                     if let Some(m) = self
@@ -794,7 +816,9 @@ impl Checker {
                         stalled_for_seconds = report.stalled_for.as_secs_f64(),
                         task = report.task.as_deref(),
                         thread = report.thread.as_deref(),
-                        "stall: {report}"
+                        cpu_bound = report.cpu_bound,
+                        "stall: {report}{}",
+                        report.backtrace.as_deref().map_or(String::new(), |b| format!("\nstack of the stuck thread:\n{b}"))
                     );
                 } else {
                     tracing::warn!(
@@ -805,7 +829,14 @@ impl Checker {
                         task = report.task.as_deref(),
                         thread = report.thread.as_deref(),
                         escalation = report.escalation,
-                        "stall continues: {report}"
+                        cpu_bound = report.cpu_bound,
+                        stack_moved = report.stack_moved,
+                        "stall continues: {report}{}",
+                        match report.stack_moved {
+                            Some(false) => "; stuck at the same place",
+                            Some(true) => "; the stack moved since the last report",
+                            None => "",
+                        }
                     );
                 }
                 self.callback(&report);
@@ -820,6 +851,7 @@ impl Checker {
                 series::report_suppressed();
             }
             Event::End {
+                key,
                 runtime,
                 runtime_serial,
                 worker,
@@ -834,6 +866,11 @@ impl Checker {
                     return;
                 }
                 series::stall_ended(&runtime, duration);
+                self.last_frames.remove(&key);
+                if let Some((_, entry)) = self.recent.iter_mut().find(|(k, _)| *k == key) {
+                    entry.ended = true;
+                    entry.stalled_for_seconds = duration.as_secs_f64();
+                }
                 let totals = self.totals.entry(runtime_serial).or_default();
                 totals.last_stall_ns = Some(nanos(duration));
                 totals.last_stall_end = now_ns();
@@ -847,6 +884,51 @@ impl Checker {
                         "stall ended after {:.1} s",
                         duration.as_secs_f64()
                     );
+                }
+            }
+        }
+    }
+
+    /// Adds the stuck thread's stack and CPU state to a report, and keeps it
+    /// among the recent stalls.
+    fn add_evidence(&mut self, report: &mut StallReport, key: StallKey, os_tid: i64) {
+        let config = &self.shared.config;
+        let began = std::time::Instant::now();
+        let evidence = crate::evidence::gather(os_tid, config.sample_stacks, false);
+        tracing::debug!(
+            target: "loopwatch",
+            os_tid,
+            frames = evidence.frames.len(),
+            seconds = began.elapsed().as_secs_f64(),
+            "took the stuck thread's stack and state"
+        );
+        report.cpu_bound = evidence.cpu_bound;
+        report.backtrace = evidence.backtrace;
+        if report.escalation > 0 && !evidence.frames.is_empty() {
+            if let Some(previous) = self.last_frames.get(&key) {
+                // The top frames are the handler's; compare from the interrupted code down.
+                report.stack_moved = Some(previous.get(3..) != evidence.frames.get(3..));
+            }
+        }
+        if !evidence.frames.is_empty() {
+            self.last_frames.insert(key, evidence.frames);
+        }
+        let recent = RecentStall {
+            runtime: report.runtime.clone(),
+            worker: report.worker,
+            task: report.task.clone(),
+            thread: report.thread.clone(),
+            stalled_for_seconds: report.stalled_for.as_secs_f64(),
+            ended: false,
+            cpu_bound: report.cpu_bound,
+            backtrace: report.backtrace.clone(),
+        };
+        match self.recent.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, entry)) => *entry = recent,
+            None => {
+                self.recent.push_back((key, recent));
+                while self.recent.len() > config.recent_stalls {
+                    self.recent.pop_front();
                 }
             }
         }
@@ -992,6 +1074,7 @@ impl Checker {
             hung_tasks,
             calls,
             process: p.health(),
+            recent_stalls: self.recent.iter().rev().map(|(_, r)| r.clone()).collect(),
         };
         *self.shared.health.lock() = Arc::new(health);
     }

@@ -1,0 +1,155 @@
+//! Stall evidence: the stuck thread's stack and CPU state in the report,
+//! the callback and `Health::recent_stalls` (Linux).
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{current_thread, multi_thread, serial, spin, start, wait_until};
+use loopwatch::WatchExt as _;
+
+const STALL: Duration = Duration::from_secs(1);
+const CHECK: Duration = Duration::from_millis(50);
+
+#[inline(never)]
+fn evidence_sleeps_in_this_function(d: Duration) {
+    std::thread::sleep(d);
+    std::hint::black_box(());
+}
+
+#[inline(never)]
+fn evidence_spins_in_this_function(d: Duration) {
+    spin(d);
+    std::hint::black_box(());
+}
+
+#[test]
+fn an_instrumented_stall_report_carries_the_stack_down_to_the_blocking_function() {
+    let _serial = serial();
+    let (watchdog, reports) = start(STALL, CHECK);
+    let rt = multi_thread(2);
+    watchdog.watch_runtime("ev", rt.handle()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let task = rt.spawn(
+        async { evidence_sleeps_in_this_function(Duration::from_millis(2600)) }.watched("ev.sleep"),
+    );
+    let (_, first) = reports
+        .wait_first("ev", Duration::from_secs(4))
+        .expect("reported");
+    let stack = first
+        .backtrace
+        .clone()
+        .expect("a stack in the first report");
+    assert!(
+        stack.contains("evidence_sleeps_in_this_function"),
+        "{stack}"
+    );
+    assert!(
+        !stack.contains("loopwatch::stack"),
+        "the handler's frames are trimmed:\n{stack}"
+    );
+    assert!(
+        !stack.contains("tokio::runtime::scheduler"),
+        "the scheduler's frames are trimmed:\n{stack}"
+    );
+    assert_eq!(first.cpu_bound, Some(false), "a sleeping thread is off CPU");
+    assert!(first.to_string().contains("(waiting, off CPU)"), "{first}");
+
+    let health = watchdog.health();
+    let recent = &health.recent_stalls[0];
+    assert_eq!(recent.task.as_deref(), Some("ev.sleep"));
+    assert!(!recent.ended);
+    assert!(recent
+        .backtrace
+        .as_deref()
+        .unwrap_or("")
+        .contains("evidence_sleeps_in_this_function"));
+
+    rt.block_on(task).unwrap();
+    let escalation = reports
+        .all()
+        .into_iter()
+        .map(|(_, r)| r)
+        .find(|r| r.escalation == 1)
+        .expect("an escalation at twice the threshold");
+    assert_eq!(
+        escalation.stack_moved,
+        Some(false),
+        "asleep at the same place"
+    );
+    assert!(wait_until(Duration::from_secs(1), || watchdog
+        .health()
+        .recent_stalls[0]
+        .ended));
+    let ended = &watchdog.health().recent_stalls[0];
+    assert!(ended.stalled_for_seconds >= 2.0, "{ended:?}");
+}
+
+#[test]
+fn a_spinning_worker_is_labelled_on_cpu() {
+    let _serial = serial();
+    let (watchdog, reports) = start(STALL, CHECK);
+    let rt = multi_thread(2);
+    watchdog.watch_runtime("ev-spin", rt.handle()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let task = rt.spawn(
+        async { evidence_spins_in_this_function(Duration::from_millis(1800)) }.watched("ev.spin"),
+    );
+    let (_, first) = reports
+        .wait_first("ev-spin", Duration::from_secs(4))
+        .expect("reported");
+    assert_eq!(first.cpu_bound, Some(true), "{first:?}");
+    let stack = first.backtrace.clone().expect("a stack");
+    assert!(stack.contains("evidence_spins_in_this_function"), "{stack}");
+    rt.block_on(task).unwrap();
+}
+
+#[test]
+fn an_uninstrumented_stall_on_a_hooked_runtime_has_its_stack() {
+    let _serial = serial();
+    let (watchdog, reports) = start(STALL, CHECK);
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    loopwatch::install_runtime_hooks(&mut builder);
+    let rt = builder.build().unwrap();
+    watchdog.watch_runtime("ev-hooked", rt.handle()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let task = rt.spawn(async { evidence_sleeps_in_this_function(Duration::from_millis(1800)) });
+    let (_, first) = reports
+        .wait_first("ev-hooked", Duration::from_secs(4))
+        .expect("reported");
+    assert_eq!(first.task, None);
+    let stack = first
+        .backtrace
+        .clone()
+        .expect("a stack: the hooks name the stuck thread");
+    assert!(
+        stack.contains("evidence_sleeps_in_this_function"),
+        "{stack}"
+    );
+    rt.block_on(task).unwrap();
+}
+
+#[test]
+fn a_current_thread_stall_has_its_stack() {
+    let _serial = serial();
+    let (watchdog, reports) = start(STALL, CHECK);
+    let rt = current_thread();
+    watchdog.watch_runtime("ev-ct", rt.handle()).unwrap();
+    rt.block_on(async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::spawn(async { evidence_sleeps_in_this_function(Duration::from_millis(1800)) })
+            .await
+            .unwrap();
+    });
+    let (_, first) = reports
+        .wait_first("ev-ct", Duration::from_millis(100))
+        .expect("reported");
+    let stack = first.backtrace.clone().expect("a stack");
+    assert!(
+        stack.contains("evidence_sleeps_in_this_function"),
+        "{stack}"
+    );
+    assert_eq!(first.cpu_bound, Some(false));
+}
