@@ -102,7 +102,10 @@ mod tests {
         let before = read().cpu_seconds;
         let start = std::time::Instant::now();
         while read().cpu_seconds < before + 0.05 {
-            assert!(start.elapsed() < std::time::Duration::from_secs(10), "CPU time never grew");
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(10),
+                "CPU time never grew"
+            );
             for _ in 0..100_000 {
                 std::hint::spin_loop();
             }

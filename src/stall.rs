@@ -27,9 +27,9 @@ pub struct StallReport {
     pub thread: Option<String>,
     /// The stuck thread's stack, innermost first, trimmed to the frames a
     /// person needs (Linux, with [`sample_stacks`](crate::Builder::sample_stacks),
-    /// when the stuck thread is known: an instrumented task, a runtime built
-    /// with [`install_runtime_hooks`](crate::install_runtime_hooks), or a
-    /// current-thread runtime).
+    /// when the stuck thread can be found: an instrumented task, a runtime
+    /// built with [`install_runtime_hooks`](crate::install_runtime_hooks), a
+    /// current-thread runtime, or a worker the heartbeat has run on).
     pub backtrace: Option<String>,
     /// Whether the stuck thread was running on a CPU (a CPU hog) rather than
     /// waiting in the kernel (a blocking call, a lock, a sleep), when known.

@@ -666,6 +666,8 @@ struct Checker {
     hung_ns: u64,
     /// Each active stall's last stack sample, to tell whether it moved.
     last_frames: std::collections::HashMap<StallKey, Vec<usize>>,
+    /// Threads found stuck for stalls of handle-only runtimes.
+    stuck_threads: std::collections::HashMap<StallKey, i64>,
     /// The last reported stalls, oldest first.
     recent: std::collections::VecDeque<(StallKey, RecentStall)>,
     /// When live tasks were last scanned for hung ones, and how often (ns).
@@ -718,6 +720,7 @@ fn run(shared: &Arc<Shared>, stop: &mpsc::Receiver<()>) {
         usage_every_ns: nanos(usage_interval(config)),
         hung_ns: nanos(config.hung_task_threshold),
         last_frames: std::collections::HashMap::new(),
+        stuck_threads: std::collections::HashMap::new(),
         recent: std::collections::VecDeque::new(),
         last_hung_scan: 0,
         hung_scan_every_ns: nanos(hung_scan_interval(config)),
@@ -867,6 +870,7 @@ impl Checker {
                 }
                 series::stall_ended(&runtime, duration);
                 self.last_frames.remove(&key);
+                self.stuck_threads.remove(&key);
                 if let Some((_, entry)) = self.recent.iter_mut().find(|(k, _)| *k == key) {
                     entry.ended = true;
                     entry.stalled_for_seconds = duration.as_secs_f64();
@@ -891,10 +895,14 @@ impl Checker {
 
     /// Adds the stuck thread's stack and CPU state to a report, and keeps it
     /// among the recent stalls.
-    fn add_evidence(&mut self, report: &mut StallReport, key: StallKey, os_tid: i64) {
-        let config = &self.shared.config;
+    fn add_evidence(&mut self, report: &mut StallReport, key: StallKey, mut os_tid: i64) {
         let began = std::time::Instant::now();
-        let evidence = crate::evidence::gather(os_tid, config.sample_stacks, false);
+        let sample_stacks = self.shared.config.sample_stacks;
+        if os_tid == 0 && sample_stacks {
+            os_tid = self.find_stuck_worker(&report.runtime, key);
+        }
+        let config = &self.shared.config;
+        let evidence = crate::evidence::gather(os_tid, sample_stacks, false);
         tracing::debug!(
             target: "loopwatch",
             os_tid,
@@ -932,6 +940,58 @@ impl Checker {
                 }
             }
         }
+    }
+
+    /// For a runtime known only by its handle, finds the thread of a stalled
+    /// worker: among the runtime's worker threads seen so far (every worker
+    /// runs the heartbeat task now and then), the ones not in an instrumented
+    /// poll have their stacks taken; a thread inside a task's poll and not in
+    /// tokio's park code is stuck. Threads already given to another stall of
+    /// this runtime are skipped. 0 when none is found.
+    fn find_stuck_worker(&mut self, runtime: &str, key: StallKey) -> i64 {
+        let Some(monitor) = self.monitors.iter().find(|m| &*m.entry.name == runtime) else {
+            return 0;
+        };
+        if monitor.flavor != "multi_thread" {
+            return 0;
+        }
+        let id = monitor.id;
+        let taken: Vec<i64> = self
+            .stuck_threads
+            .iter()
+            .filter(|(k, _)| **k != key)
+            .map(|(_, tid)| *tid)
+            .collect();
+        if let Some(&tid) = self.stuck_threads.get(&key) {
+            return tid;
+        }
+        for slot in crate::slot::snapshot() {
+            let tid = slot.info.os_tid;
+            if slot.info.runtime != Some(id)
+                || !slot.is_worker
+                || slot.poll_start != 0
+                || tid == 0
+                || taken.contains(&tid)
+            {
+                continue;
+            }
+            let Ok(frames) = crate::stack::capture(tid, Duration::from_millis(50)) else {
+                continue;
+            };
+            let Some(stack) = crate::evidence::symbolize(&frames, true) else {
+                continue;
+            };
+            let in_task = stack.contains("tokio::runtime::task::");
+            let parked = stack.contains("tokio::runtime::park")
+                || stack.contains("::park_internal")
+                || stack.contains("::park_timeout")
+                || stack.contains("Parker");
+            if in_task && !parked {
+                self.stuck_threads.insert(key, tid);
+                return tid;
+            }
+        }
+        0
     }
 
     fn callback(&self, report: &StallReport) {

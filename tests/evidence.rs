@@ -153,3 +153,27 @@ fn a_current_thread_stall_has_its_stack() {
     );
     assert_eq!(first.cpu_bound, Some(false));
 }
+
+#[test]
+fn an_uninstrumented_stall_on_a_handle_only_runtime_has_its_stack() {
+    let _serial = serial();
+    let (watchdog, reports) = start(STALL, CHECK);
+    // As #[tokio::main] makes it: no hooks, known only by its handle.
+    let rt = multi_thread(2);
+    watchdog.watch_runtime("ev-handle", rt.handle()).unwrap();
+    // Let the heartbeat visit the workers, as it does in any running service.
+    std::thread::sleep(Duration::from_millis(1500));
+    let task = rt.spawn(async { evidence_sleeps_in_this_function(Duration::from_millis(1800)) });
+    let (_, first) = reports
+        .wait_first("ev-handle", Duration::from_secs(4))
+        .expect("reported");
+    let stack = first
+        .backtrace
+        .clone()
+        .expect("a stack, found among the worker threads");
+    assert!(
+        stack.contains("evidence_sleeps_in_this_function"),
+        "{stack}"
+    );
+    rt.block_on(task).unwrap();
+}
