@@ -43,7 +43,7 @@ fn on_cpu(_tid: i64) -> Option<bool> {
 
 /// Resolves and trims a stack: the frames of the signal handler at the top
 /// and of tokio's scheduler at the bottom are dropped unless `full`.
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "stacks"))]
 pub(crate) fn symbolize(frames: &[usize], full: bool) -> Option<String> {
     let mut lines: Vec<(String, Option<String>)> = Vec::new();
     for (i, &ip) in frames.iter().enumerate() {
@@ -103,7 +103,7 @@ pub(crate) fn symbolize(frames: &[usize], full: bool) -> Option<String> {
     Some(out)
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(target_os = "linux", feature = "stacks")))]
 pub(crate) fn symbolize(_frames: &[usize], _full: bool) -> Option<String> {
     None
 }
@@ -111,7 +111,7 @@ pub(crate) fn symbolize(_frames: &[usize], _full: bool) -> Option<String> {
 /// Loads the symbolizer's tables (debug info or the symbol table) ahead of
 /// the first stall: up to a second the first time in a debug build.
 pub(crate) fn warm_up() {
-    #[cfg(target_os = "linux")]
+    #[cfg(all(target_os = "linux", feature = "stacks"))]
     {
         // This thread's own frames (std, libc, loopwatch) and a few functions
         // every stuck stack goes through.

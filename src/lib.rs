@@ -67,6 +67,10 @@
 //!
 //! - `macros` (default): [`#[instrument_blocking]`](instrument_blocking).
 //! - `exporter` (default): [`Exporter`], with metrics-exporter-prometheus.
+//! - `stacks` (default): the stuck thread's stack in stall reports (Linux),
+//!   taken with a real-time signal; without it no signal handler is
+//!   installed, reports carry no stack, and a current-thread runtime left
+//!   undriven after `block_on` returned is reported as stalled.
 //!
 //! # Minimum supported Rust version
 //!

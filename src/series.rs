@@ -22,6 +22,8 @@ pub const HEARTBEAT_LAG_SECONDS: &str = "loopwatch_heartbeat_lag_seconds";
 pub const HEARTBEAT_TIMESTAMP_SECONDS: &str = "loopwatch_heartbeat_timestamp_seconds";
 /// Stall reports held back by the rate limit.
 pub const REPORTS_SUPPRESSED_TOTAL: &str = "loopwatch_reports_suppressed_total";
+/// Stalls whose stuck thread was on a CPU when first reported (a CPU hog rather than a blocking call), by runtime.
+pub const CPU_BOUND_STALLS_TOTAL: &str = "loopwatch_cpu_bound_stalls_total";
 /// Panics caught in the `on_stall` callback.
 pub const CALLBACK_PANICS_TOTAL: &str = "loopwatch_callback_panics_total";
 
@@ -38,6 +40,11 @@ fn describe() {
         STALLS_TOTAL,
         Unit::Count,
         "Stalls flagged: a worker stuck in one poll for the stall threshold or longer."
+    );
+    describe_counter!(
+        CPU_BOUND_STALLS_TOTAL,
+        Unit::Count,
+        "Stalls whose stuck thread was on a CPU when first reported (a CPU hog, not a blocking call)."
     );
     describe_gauge!(STALLED_WORKERS, Unit::Count, "Workers stalled now.");
     describe_histogram!(
@@ -72,6 +79,10 @@ fn describe() {
 
 pub(crate) fn stall_flagged(runtime: &str) {
     counter!(STALLS_TOTAL, "runtime" => runtime.to_owned()).increment(1);
+}
+
+pub(crate) fn stall_on_cpu(runtime: &str) {
+    counter!(CPU_BOUND_STALLS_TOTAL, "runtime" => runtime.to_owned()).increment(1);
 }
 
 pub(crate) fn stall_ended(runtime: &str, duration: Duration) {

@@ -15,7 +15,7 @@
 //! use, and the watchdog only signals a thread that tokio shows as running,
 //! never a parked one. `Builder::sample_stacks(false)` turns it off.
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "stacks"))]
 mod imp {
     use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
     use std::sync::OnceLock;
@@ -41,9 +41,21 @@ mod imp {
     static INSTALLED: OnceLock<Option<libc::c_int>> = OnceLock::new();
     static REQUEST: Mutex<()> = Mutex::new(());
 
-    /// The signal loopwatch uses: `SIGRTMIN + 6`.
+    /// The signal asked for with `Builder::stack_signal` (0 = the default).
+    static CHOSEN: AtomicI32 = AtomicI32::new(0);
+
+    /// Chooses the signal before the handler is installed (the first choice
+    /// in the process holds).
+    pub(crate) fn choose_signal(signal: libc::c_int) {
+        let _ = CHOSEN.compare_exchange(0, signal, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    /// The signal loopwatch uses: `SIGRTMIN + 6` unless another was chosen.
     pub(crate) fn signal_number() -> libc::c_int {
-        libc::SIGRTMIN() + 6
+        match CHOSEN.load(Ordering::Relaxed) {
+            0 => libc::SIGRTMIN() + 6,
+            chosen => chosen,
+        }
     }
 
     extern "C" fn handler(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
@@ -221,27 +233,20 @@ mod imp {
             idx > 0 && addr < ranges[idx - 1].1
         }))
     }
-
-    thread_local! {
-        // SAFETY: gettid has no preconditions.
-        static TID: i64 = i64::from(unsafe { libc::gettid() });
-    }
-
-    /// The calling thread's kernel id (0 while the thread is torn down).
-    pub(crate) fn current_tid() -> i64 {
-        TID.try_with(|t| *t).unwrap_or(0)
-    }
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(all(target_os = "linux", feature = "stacks"))]
 pub(crate) use imp::*;
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(all(target_os = "linux", feature = "stacks")))]
 mod imp_none {
     /// Why a capture gave nothing.
     #[derive(Debug, PartialEq, Eq)]
+    #[allow(dead_code)]
     pub(crate) enum CaptureError {
-        /// Sampling is unavailable on this platform.
+        /// The thread no longer exists (never returned here).
+        NoSuchThread,
+        /// Sampling is unavailable on this platform or build.
         Unavailable,
     }
 
@@ -258,10 +263,27 @@ mod imp_none {
 
     pub(crate) fn warm_up() {}
 
-    pub(crate) fn current_tid() -> i64 {
+    pub(crate) fn choose_signal(_signal: i32) {}
+}
+
+#[cfg(not(all(target_os = "linux", feature = "stacks")))]
+pub(crate) use imp_none::*;
+
+#[cfg(target_os = "linux")]
+thread_local! {
+    // SAFETY: gettid has no preconditions.
+    static TID: i64 = i64::from(unsafe { libc::gettid() });
+}
+
+/// The calling thread's kernel id (0 while the thread is torn down, and
+/// where there is no such id).
+pub(crate) fn current_tid() -> i64 {
+    #[cfg(target_os = "linux")]
+    {
+        TID.try_with(|t| *t).unwrap_or(0)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
         0
     }
 }
-
-#[cfg(not(target_os = "linux"))]
-pub(crate) use imp_none::*;

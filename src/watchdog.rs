@@ -35,6 +35,7 @@ pub(crate) struct Config {
     pub(crate) sample_stacks: bool,
     pub(crate) resident_memory_limit: Option<u64>,
     pub(crate) recent_stalls: usize,
+    pub(crate) stack_signal: Option<i32>,
     on_stall: Option<Callback>,
 }
 
@@ -50,6 +51,7 @@ impl fmt::Debug for Config {
             .field("sample_stacks", &self.sample_stacks)
             .field("resident_memory_limit", &self.resident_memory_limit)
             .field("recent_stalls", &self.recent_stalls)
+            .field("stack_signal", &self.stack_signal)
             .field(
                 "on_stall",
                 &self.on_stall.as_ref().map(|_| "Fn(&StallReport)"),
@@ -94,6 +96,7 @@ impl Default for Builder {
                 sample_stacks: true,
                 resident_memory_limit: None,
                 recent_stalls: Watchdog::DEFAULT_RECENT_STALLS,
+                stack_signal: None,
                 on_stall: None,
             },
         }
@@ -160,6 +163,15 @@ impl Builder {
     /// runtime left undriven after being driven is reported as stalled.
     pub fn sample_stacks(mut self, enabled: bool) -> Self {
         self.config.sample_stacks = enabled;
+        self
+    }
+
+    /// The real-time signal used to take stacks (Linux), if `SIGRTMIN + 6`
+    /// is taken by something else in the process: a number between
+    /// `SIGRTMIN` and `SIGRTMAX`. The first watchdog's choice holds for the
+    /// process (the handler is installed once).
+    pub fn stack_signal(mut self, signal: i32) -> Self {
+        self.config.stack_signal = Some(signal);
         self
     }
 
@@ -277,6 +289,14 @@ impl Builder {
         if c.max_reports_per_minute == 0 {
             return Err(Error::ZeroReportRate);
         }
+        if let Some(signal) = c.stack_signal {
+            if !valid_realtime_signal(signal) {
+                return Err(Error::InvalidSetting {
+                    setting: "stack_signal",
+                    reason: "must be a real-time signal, between SIGRTMIN and SIGRTMAX",
+                });
+            }
+        }
         if c.resident_memory_limit == Some(0) {
             return Err(Error::InvalidSetting {
                 setting: "resident_memory_limit",
@@ -316,6 +336,9 @@ impl Builder {
             callback_panics: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
         });
+        if let Some(signal) = shared.config.stack_signal {
+            crate::stack::choose_signal(signal);
+        }
         if shared.config.sample_stacks {
             // Load the symbol tables before a stall needs them (once per process).
             let _ = std::thread::Builder::new()
@@ -620,6 +643,16 @@ impl Watchdog {
     }
 }
 
+#[cfg(target_os = "linux")]
+fn valid_realtime_signal(signal: i32) -> bool {
+    (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn valid_realtime_signal(_signal: i32) -> bool {
+    true
+}
+
 fn validate_name(name: &str) -> Result<(), Error> {
     let reason = if name.trim().is_empty() {
         "it is empty; use a short name such as \"main\""
@@ -805,6 +838,9 @@ impl Checker {
                 self.add_evidence(&mut report, key, os_tid);
                 if report.escalation == 0 {
                     series::stall_flagged(&report.runtime);
+                    if report.cpu_bound == Some(true) {
+                        series::stall_on_cpu(&report.runtime);
+                    }
                     if let Some(m) = self
                         .monitors
                         .iter()

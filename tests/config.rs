@@ -217,3 +217,22 @@ fn bad_runtime_names_are_refused() {
     let err = w.watch_runtime("other", rt.handle()).unwrap_err();
     assert!(matches!(err, Error::ShutDown), "{err:?}");
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_stack_signal_outside_the_real_time_range_is_refused() {
+    let _serial = serial();
+    for signal in [0, 9, 15, 1000] {
+        let err = start_err(Watchdog::builder().stack_signal(signal));
+        assert!(
+            matches!(
+                err,
+                Error::InvalidSetting {
+                    setting: "stack_signal",
+                    ..
+                }
+            ),
+            "{signal}: {err:?}"
+        );
+    }
+}
