@@ -36,6 +36,7 @@ pub(crate) struct Config {
     pub(crate) resident_memory_limit: Option<u64>,
     pub(crate) recent_stalls: usize,
     pub(crate) stack_signal: Option<i32>,
+    pub(crate) full_stacks: bool,
     on_stall: Option<Callback>,
 }
 
@@ -52,6 +53,7 @@ impl fmt::Debug for Config {
             .field("resident_memory_limit", &self.resident_memory_limit)
             .field("recent_stalls", &self.recent_stalls)
             .field("stack_signal", &self.stack_signal)
+            .field("full_stacks", &self.full_stacks)
             .field(
                 "on_stall",
                 &self.on_stall.as_ref().map(|_| "Fn(&StallReport)"),
@@ -97,6 +99,7 @@ impl Default for Builder {
                 resident_memory_limit: None,
                 recent_stalls: Watchdog::DEFAULT_RECENT_STALLS,
                 stack_signal: None,
+                full_stacks: false,
                 on_stall: None,
             },
         }
@@ -172,6 +175,14 @@ impl Builder {
     /// process (the handler is installed once).
     pub fn stack_signal(mut self, signal: i32) -> Self {
         self.config.stack_signal = Some(signal);
+        self
+    }
+
+    /// Whether stall reports carry the whole stack of the stuck thread. By
+    /// default the frames of the signal handler (at the top) and of tokio's
+    /// scheduler (at the bottom) are left out. Default: `false`.
+    pub fn full_stacks(mut self, full: bool) -> Self {
+        self.config.full_stacks = full;
         self
     }
 
@@ -938,7 +949,7 @@ impl Checker {
             os_tid = self.find_stuck_worker(&report.runtime, key);
         }
         let config = &self.shared.config;
-        let evidence = crate::evidence::gather(os_tid, sample_stacks, false);
+        let evidence = crate::evidence::gather(os_tid, sample_stacks, config.full_stacks);
         tracing::debug!(
             target: "loopwatch",
             os_tid,

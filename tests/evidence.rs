@@ -177,3 +177,37 @@ fn an_uninstrumented_stall_on_a_handle_only_runtime_has_its_stack() {
     );
     rt.block_on(task).unwrap();
 }
+
+#[test]
+fn full_stacks_keep_the_scheduler_frames() {
+    let _serial = serial();
+    let reports = common::Reports::default();
+    let sink = reports.clone();
+    let watchdog = loopwatch::Watchdog::builder()
+        .stall_threshold(STALL)
+        .check_interval(CHECK)
+        .full_stacks(true)
+        .on_stall(move |r| sink.push(r.clone()))
+        .start()
+        .unwrap();
+    let rt = multi_thread(2);
+    watchdog.watch_runtime("ev-full", rt.handle()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let task = rt.spawn(
+        async { evidence_sleeps_in_this_function(Duration::from_millis(1500)) }.watched("ev.full"),
+    );
+    let (_, first) = reports
+        .wait_first("ev-full", Duration::from_secs(4))
+        .expect("reported");
+    let stack = first.backtrace.clone().expect("a stack");
+    assert!(
+        stack.contains("evidence_sleeps_in_this_function"),
+        "{stack}"
+    );
+    assert!(
+        stack.contains("tokio::runtime::"),
+        "the scheduler's frames are kept:\n{stack}"
+    );
+    rt.block_on(task).unwrap();
+    watchdog.shutdown();
+}

@@ -18,6 +18,11 @@ pub fn serial() -> MutexGuard<'static, ()> {
 pub struct Reports(Arc<Mutex<Vec<(Instant, StallReport)>>>);
 
 impl Reports {
+    /// Records a report, as an `on_stall` callback would.
+    pub fn push(&self, report: StallReport) {
+        self.0.lock().unwrap().push((Instant::now(), report));
+    }
+
     pub fn all(&self) -> Vec<(Instant, StallReport)> {
         self.0.lock().unwrap().clone()
     }
