@@ -12,8 +12,8 @@ use crate::names::{self, NameEntry};
 /// The slow-call threshold the call path compares against (ns).
 static SLOW_NS: AtomicU64 = AtomicU64::new(2_000_000_000);
 
-/// When the last blocking-call warning was logged (ns), for the rate limit.
-static LAST_LOG: AtomicU64 = AtomicU64::new(0);
+/// At most one blocking-call warning per second across the process.
+static BLOCKING_LOG: crate::clock::OncePerSecond = crate::clock::OncePerSecond::new();
 
 pub(crate) fn set_slow_call_threshold(threshold: std::time::Duration) {
     SLOW_NS.store(crate::clock::nanos(threshold), Relaxed);
@@ -134,13 +134,7 @@ fn thresholds(site: Option<SiteThresholds>) -> (u64, u64) {
 #[cold]
 fn blocked(entry: &'static NameEntry, took: u64) {
     entry.calls.blocking.fetch_add(1, Relaxed);
-    let now = now_ns();
-    let last = LAST_LOG.load(Relaxed);
-    if now.saturating_sub(last) >= 1_000_000_000
-        && LAST_LOG
-            .compare_exchange(last, now, Relaxed, Relaxed)
-            .is_ok()
-    {
+    if BLOCKING_LOG.ready() {
         tracing::warn!(
             target: "loopwatch",
             call = entry.name,

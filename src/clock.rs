@@ -32,6 +32,26 @@ pub(crate) fn unix_seconds() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Lets something happen at most once a second across threads (for warnings
+/// logged from the instrumented paths).
+#[derive(Debug)]
+pub(crate) struct OncePerSecond(std::sync::atomic::AtomicU64);
+
+impl OncePerSecond {
+    pub(crate) const fn new() -> Self {
+        OncePerSecond(std::sync::atomic::AtomicU64::new(0))
+    }
+
+    /// Whether the caller may go ahead now (a second since the last one).
+    pub(crate) fn ready(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = now_ns();
+        let last = self.0.load(Relaxed);
+        now.saturating_sub(last) >= 1_000_000_000
+            && self.0.compare_exchange(last, now, Relaxed, Relaxed).is_ok()
+    }
+}
+
 /// Converts a duration to nanoseconds, saturating.
 pub(crate) fn nanos(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)

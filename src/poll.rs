@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-use crate::clock::{nanos, now_ns};
+use crate::clock::{nanos, now_ns, OncePerSecond};
 use crate::names::NameEntry;
 use crate::slot;
 
@@ -10,11 +10,8 @@ use crate::slot;
 /// watchdog's, or the default when none runs.
 static BLOCKING_NS: AtomicU64 = AtomicU64::new(100_000_000);
 
-/// When the last slow-poll warning was logged (ns), for the rate limit.
-static LAST_SLOW_LOG: AtomicU64 = AtomicU64::new(0);
-
 /// At most one slow-poll warning per second across the process.
-const SLOW_LOG_EVERY_NS: u64 = 1_000_000_000;
+static SLOW_POLL_LOG: OncePerSecond = OncePerSecond::new();
 
 pub(crate) fn set_blocking_threshold(threshold: std::time::Duration) {
     BLOCKING_NS.store(nanos(threshold), Relaxed);
@@ -53,13 +50,7 @@ pub(crate) fn instrument_poll<T>(
 #[cold]
 fn slow_poll(entry: &'static NameEntry, took: u64) {
     entry.tasks.slow_polls.fetch_add(1, Relaxed);
-    let now = now_ns();
-    let last = LAST_SLOW_LOG.load(Relaxed);
-    if now.saturating_sub(last) >= SLOW_LOG_EVERY_NS
-        && LAST_SLOW_LOG
-            .compare_exchange(last, now, Relaxed, Relaxed)
-            .is_ok()
-    {
+    if SLOW_POLL_LOG.ready() {
         tracing::warn!(
             target: "loopwatch",
             task = entry.name,

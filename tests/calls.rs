@@ -4,29 +4,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{current_thread, multi_thread, serial, wait_until};
-use loopwatch::{CallCounts, Watchdog};
-
-fn watchdog() -> Watchdog {
-    Watchdog::builder()
-        .stall_threshold(Duration::from_secs(5))
-        .blocking_threshold(Duration::from_millis(100))
-        .slow_call_threshold(Duration::from_millis(300))
-        .check_interval(Duration::from_millis(25))
-        .start()
-        .unwrap()
-}
-
-/// The counts of `name` once `calls` calls show in the health snapshot
-/// (refreshed at every check), or as they stand after a second.
-fn counts(w: &Watchdog, name: &str, calls: u64) -> CallCounts {
-    let mut found = CallCounts::default();
-    wait_until(Duration::from_secs(1), || {
-        found = w.health().calls.get(name).copied().unwrap_or_default();
-        found.calls >= calls
-    });
-    found
-}
+use common::{
+    call_counts as counts, call_watchdog as watchdog, current_thread, multi_thread, serial,
+};
+use loopwatch::Watchdog;
 
 fn sleep_ms(ms: u64) {
     std::thread::sleep(Duration::from_millis(ms));

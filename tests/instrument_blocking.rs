@@ -5,27 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{multi_thread, serial, wait_until};
-use loopwatch::{instrument_blocking, CallCounts, Watchdog};
-
-fn watchdog() -> Watchdog {
-    Watchdog::builder()
-        .stall_threshold(Duration::from_secs(5))
-        .blocking_threshold(Duration::from_millis(100))
-        .slow_call_threshold(Duration::from_millis(300))
-        .check_interval(Duration::from_millis(25))
-        .start()
-        .unwrap()
-}
-
-fn counts(w: &Watchdog, name: &str, calls: u64) -> CallCounts {
-    let mut found = CallCounts::default();
-    wait_until(Duration::from_secs(1), || {
-        found = w.health().calls.get(name).copied().unwrap_or_default();
-        found.calls >= calls
-    });
-    found
-}
+use common::{call_counts as counts, call_watchdog as watchdog, multi_thread, serial};
+use loopwatch::instrument_blocking;
 
 #[instrument_blocking]
 fn default_name(x: u32) -> u32 {

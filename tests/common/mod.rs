@@ -204,3 +204,25 @@ pub fn get(addr: std::net::SocketAddr, path: &str) -> Response {
     )
     .expect("HTTP request")
 }
+
+/// A watchdog for call tests: blocking at 100 ms, slow at 300 ms, checks every 25 ms.
+pub fn call_watchdog() -> Watchdog {
+    Watchdog::builder()
+        .stall_threshold(Duration::from_secs(5))
+        .blocking_threshold(Duration::from_millis(100))
+        .slow_call_threshold(Duration::from_millis(300))
+        .check_interval(Duration::from_millis(25))
+        .start()
+        .expect("watchdog starts")
+}
+
+/// The counts of call `name` once `calls` calls show in the health snapshot
+/// (refreshed at every check), or as they stand after a second.
+pub fn call_counts(w: &Watchdog, name: &str, calls: u64) -> loopwatch::CallCounts {
+    let mut found = loopwatch::CallCounts::default();
+    wait_until(Duration::from_secs(1), || {
+        found = w.health().calls.get(name).copied().unwrap_or_default();
+        found.calls >= calls
+    });
+    found
+}
