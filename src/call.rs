@@ -114,20 +114,15 @@ fn account(entry: &'static NameEntry, site: Option<SiteThresholds>, took: u64) {
     }
 }
 
+/// The (blocking, slow) thresholds of a call site in ns: its own where set
+/// (non-zero), else the running watchdog's.
 fn thresholds(site: Option<SiteThresholds>) -> (u64, u64) {
-    let warn = site.map_or(0, |s| s.warn_ns);
-    let slow = site.map_or(0, |s| s.slow_ns);
+    let own = |ns: u64| Some(ns).filter(|&ns| ns != 0);
     (
-        if warn == 0 {
-            crate::poll::blocking_threshold_ns()
-        } else {
-            warn
-        },
-        if slow == 0 {
-            SLOW_NS.load(Relaxed)
-        } else {
-            slow
-        },
+        site.and_then(|s| own(s.warn_ns))
+            .unwrap_or_else(crate::poll::blocking_threshold_ns),
+        site.and_then(|s| own(s.slow_ns))
+            .unwrap_or_else(|| SLOW_NS.load(Relaxed)),
     )
 }
 
