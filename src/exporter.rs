@@ -1,21 +1,27 @@
-//! `/metrics` and `/health` over HTTP, from a thread of their own.
+//! The exporter: `/metrics` and `/health` over HTTP, from a thread of their own.
+//!
+//! - this file: [`Exporter`], [`ExporterBuilder`], and the Prometheus recorder;
+//! - [`http`]: the server thread, request parsing and responses;
+//! - [`render`]: the `/metrics` exposition.
+//!
+//! The exporter only reads: the recorder's series, the health snapshot and
+//! the process figures the watchdog published, the watched runtimes' tokio
+//! metrics, and the duration buckets of the name registry. Detection never
+//! depends on it.
 
-use std::fmt::Write as _;
-use std::future::{poll_fn, Future};
+mod http;
+mod render;
+
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
-use std::task::Poll;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
-use crate::{series, Error, Status, Watchdog};
+use crate::{metric_names, Error, Watchdog};
 
 /// The recorder loopwatch installed, kept for later exporters in the process.
 static INSTALLED: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -38,6 +44,7 @@ static INSTALLED: OnceLock<PrometheusHandle> = OnceLock::new();
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
+#[must_use = "dropping the exporter stops it and frees its port; keep it for as long as it should serve"]
 pub struct Exporter {
     local_addr: SocketAddr,
     stop: Mutex<Option<(tokio::sync::oneshot::Sender<()>, JoinHandle<()>)>>,
@@ -160,7 +167,7 @@ impl ExporterBuilder {
                 source,
             })?;
         let handle = recorder_handle(self.handle)?;
-        let state = Arc::new(State {
+        let state = Arc::new(http::State {
             watchdog: watchdog.clone(),
             handle,
             active: AtomicUsize::new(0),
@@ -170,7 +177,7 @@ impl ExporterBuilder {
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()
             .name("loopwatch-exporter".into())
-            .spawn(move || serve_thread(listener, state, stop_rx))
+            .spawn(move || http::serve_thread(listener, state, stop_rx))
             .map_err(Error::Thread)?;
         Ok(Exporter {
             local_addr,
@@ -191,7 +198,7 @@ fn recorder_handle(provided: Option<PrometheusHandle>) -> Result<PrometheusHandl
     metrics::set_global_recorder(recorder).map_err(|_| Error::RecorderInstalled)?;
     let _ = INSTALLED.set(handle.clone());
     // Series described before this recorder existed went nowhere.
-    series::describe_all();
+    crate::watchdog::describe_all();
     Ok(handle)
 }
 
@@ -203,435 +210,10 @@ fn buckets(builder: PrometheusBuilder) -> PrometheusBuilder {
     let lag = [
         0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
     ];
-    let durations = [
-        0.000_001, 0.000_01, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        5.0, 10.0, 30.0,
-    ];
     let set = |b: PrometheusBuilder, name: &str, values: &[f64]| {
         b.set_buckets_for_metric(Matcher::Full(name.to_owned()), values)
             .expect("bucket lists are not empty")
     };
-    let builder = set(builder, series::STALL_DURATION_SECONDS, &stall);
-    let builder = set(builder, series::HEARTBEAT_LAG_SECONDS, &lag);
-    let builder = set(builder, series::POLL_DURATION_SECONDS, &durations);
-    set(builder, series::CALL_DURATION_SECONDS, &durations)
-}
-
-struct State {
-    watchdog: Watchdog,
-    handle: PrometheusHandle,
-    active: AtomicUsize,
-    max_connections: usize,
-    request_timeout: Duration,
-}
-
-fn serve_thread(
-    listener: std::net::TcpListener,
-    state: Arc<State>,
-    stop: tokio::sync::oneshot::Receiver<()>,
-) {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!(target: "loopwatch", error = %e, "the exporter could not start its runtime");
-            return;
-        }
-    };
-    runtime.block_on(async move {
-        let listener = match TcpListener::from_std(listener) {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(target: "loopwatch", error = %e, "the exporter could not listen");
-                return;
-            }
-        };
-        let mut stop = pin!(stop);
-        loop {
-            let accepted = poll_fn(|cx| {
-                if stop.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(None);
-                }
-                listener.poll_accept(cx).map(Some)
-            })
-            .await;
-            let Some(accepted) = accepted else { break };
-            let Ok((stream, _peer)) = accepted else {
-                // Out of file descriptors, for example: wait a little.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            };
-            if state.active.load(Relaxed) >= state.max_connections {
-                drop(stream);
-                continue;
-            }
-            state.active.fetch_add(1, Relaxed);
-            let state = state.clone();
-            tokio::spawn(async move {
-                serve_connection(stream, &state).await;
-                state.active.fetch_sub(1, Relaxed);
-            });
-        }
-    });
-}
-
-/// What a request asked for.
-#[derive(Debug, PartialEq, Eq)]
-enum Request {
-    Get { path: String, head: bool },
-    OtherMethod { path: String },
-    Malformed,
-    TooLarge,
-}
-
-async fn serve_connection(mut stream: TcpStream, state: &State) {
-    let _ = stream.set_nodelay(true);
-    let request = match tokio::time::timeout(state.request_timeout, read_request(&mut stream)).await
-    {
-        Ok(Some(request)) => request,
-        // Timed out, or closed before a whole request: nothing to answer.
-        _ => return,
-    };
-    let response = respond(&request, state);
-    let _ = tokio::time::timeout(state.request_timeout, async {
-        let _ = stream.write_all(&response).await;
-        let _ = stream.shutdown().await;
-    })
-    .await;
-}
-
-/// Reads the request head (never a body), up to [`Exporter::MAX_REQUEST_HEAD`].
-async fn read_request(stream: &mut TcpStream) -> Option<Request> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    loop {
-        let n = stream.read(&mut chunk).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = find_head_end(&buf) {
-            return Some(parse_head(&buf[..end]));
-        }
-        if buf.len() > Exporter::MAX_REQUEST_HEAD {
-            return Some(Request::TooLarge);
-        }
-    }
-}
-
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .or_else(|| buf.windows(2).position(|w| w == b"\n\n"))
-}
-
-fn parse_head(head: &[u8]) -> Request {
-    let Ok(head) = std::str::from_utf8(head) else {
-        return Request::Malformed;
-    };
-    let line = head.lines().next().unwrap_or("");
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Request::Malformed;
-    };
-    if !version.starts_with("HTTP/1.") || !target.starts_with('/') || method.is_empty() {
-        return Request::Malformed;
-    }
-    let path = target.split('?').next().unwrap_or(target).to_owned();
-    match method {
-        "GET" => Request::Get { path, head: false },
-        "HEAD" => Request::Get { path, head: true },
-        _ => Request::OtherMethod { path },
-    }
-}
-
-fn respond(request: &Request, state: &State) -> Vec<u8> {
-    match request {
-        Request::Malformed => response(
-            400,
-            "Bad Request",
-            "text/plain",
-            b"bad request\n",
-            false,
-            None,
-        ),
-        Request::TooLarge => response(
-            431,
-            "Request Header Fields Too Large",
-            "text/plain",
-            b"request head too large\n",
-            false,
-            None,
-        ),
-        Request::OtherMethod { path } if is_known(path) => response(
-            405,
-            "Method Not Allowed",
-            "text/plain",
-            b"only GET and HEAD\n",
-            false,
-            Some("Allow: GET, HEAD\r\n"),
-        ),
-        Request::OtherMethod { .. } => not_found(),
-        Request::Get { path, head } => match path.as_str() {
-            "/metrics" => {
-                let body = render_metrics(state);
-                response(
-                    200,
-                    "OK",
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    body.as_bytes(),
-                    *head,
-                    None,
-                )
-            }
-            "/health" => {
-                let health = state.watchdog.health();
-                let body = serde_json::to_vec(&health).unwrap_or_default();
-                let (code, reason) = if health.status == Status::Stalled {
-                    (503, "Service Unavailable")
-                } else {
-                    (200, "OK")
-                };
-                response(code, reason, "application/json", &body, *head, None)
-            }
-            _ => not_found(),
-        },
-    }
-}
-
-fn is_known(path: &str) -> bool {
-    path == "/metrics" || path == "/health"
-}
-
-fn not_found() -> Vec<u8> {
-    response(
-        404,
-        "Not Found",
-        "text/plain",
-        b"not found; try /metrics or /health\n",
-        false,
-        None,
-    )
-}
-
-fn response(
-    code: u16,
-    reason: &str,
-    content_type: &str,
-    body: &[u8],
-    head_only: bool,
-    extra: Option<&str>,
-) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\nCache-Control: no-store\r\n{}\r\n",
-        body.len(),
-        extra.unwrap_or("")
-    )
-    .into_bytes();
-    if !head_only {
-        out.extend_from_slice(body);
-    }
-    out
-}
-
-/// The exposition: the recorder's series, then the watched runtimes' and the
-/// process's, rendered here so that float counters keep their fractions.
-fn render_metrics(state: &State) -> String {
-    state.handle.run_upkeep();
-    let mut text = state.handle.render();
-    if !text.is_empty() && !text.ends_with('\n') {
-        text.push('\n');
-    }
-    render_runtimes(&mut text, &state.watchdog.runtime_samples());
-    render_process(&mut text, &crate::process::read());
-    text
-}
-
-fn render_runtimes(out: &mut String, runtimes: &[crate::watchdog::RuntimeSample]) {
-    if runtimes.is_empty() {
-        return;
-    }
-    type Field = fn(&crate::watchdog::RuntimeSample) -> f64;
-    let families: [(&str, &str, &str, Field); 5] = [
-        (
-            "loopwatch_runtime_workers",
-            "gauge",
-            "Worker threads of the runtime.",
-            |r| r.workers as f64,
-        ),
-        (
-            "loopwatch_runtime_alive_tasks",
-            "gauge",
-            "Tasks alive in the runtime.",
-            |r| r.alive_tasks as f64,
-        ),
-        (
-            "loopwatch_runtime_global_queue_depth",
-            "gauge",
-            "Tasks waiting in the runtime's global queue.",
-            |r| r.global_queue_depth as f64,
-        ),
-        (
-            "loopwatch_runtime_busy_seconds_total",
-            "counter",
-            "Time the runtime's workers spent busy, summed over workers.",
-            |r| r.busy_seconds,
-        ),
-        (
-            "loopwatch_runtime_parks_total",
-            "counter",
-            "Times the runtime's workers parked, summed over workers.",
-            |r| r.parks as f64,
-        ),
-    ];
-    for (name, kind, help, value) in families {
-        family(out, runtimes, name, kind, help, value);
-    }
-    #[cfg(tokio_unstable)]
-    {
-        let unstable: [(&str, &str, &str, Field); 6] = [
-            ("loopwatch_runtime_polls_total", "counter", "Task polls, summed over workers (tokio_unstable; published by tokio at park and every 61 polls).", |r| r.unstable.polls as f64),
-            ("loopwatch_runtime_steals_total", "counter", "Tasks stolen between workers (tokio_unstable).", |r| r.unstable.steals as f64),
-            ("loopwatch_runtime_overflows_total", "counter", "Times a worker's local queue overflowed (tokio_unstable).", |r| r.unstable.overflows as f64),
-            ("loopwatch_runtime_spawned_tasks_total", "counter", "Tasks spawned on the runtime (tokio_unstable).", |r| r.unstable.spawned_tasks as f64),
-            ("loopwatch_runtime_budget_forced_yields_total", "counter", "Times tasks were forced to yield by the coop budget (tokio_unstable).", |r| r.unstable.budget_forced_yields as f64),
-            ("loopwatch_runtime_blocking_threads", "gauge", "Threads of the runtime's blocking pool (tokio_unstable).", |r| r.unstable.blocking_threads as f64),
-        ];
-        for (name, kind, help, value) in unstable {
-            family(out, runtimes, name, kind, help, value);
-        }
-    }
-}
-
-fn family(
-    out: &mut String,
-    runtimes: &[crate::watchdog::RuntimeSample],
-    name: &str,
-    kind: &str,
-    help: &str,
-    value: fn(&crate::watchdog::RuntimeSample) -> f64,
-) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for r in runtimes {
-        let _ = writeln!(
-            out,
-            "{name}{{runtime=\"{}\"}} {}",
-            escape(&r.name),
-            value(r)
-        );
-    }
-}
-
-fn render_process(out: &mut String, p: &crate::process::ProcessStats) {
-    if p.resident_memory_bytes == 0 {
-        return; // not read on this platform
-    }
-    let families: [(&str, &str, &str, f64); 7] = [
-        (
-            "process_cpu_seconds_total",
-            "counter",
-            "Total user and system CPU time spent in seconds.",
-            p.cpu_seconds,
-        ),
-        (
-            "process_resident_memory_bytes",
-            "gauge",
-            "Resident memory size in bytes.",
-            p.resident_memory_bytes as f64,
-        ),
-        (
-            "process_virtual_memory_bytes",
-            "gauge",
-            "Virtual memory size in bytes.",
-            p.virtual_memory_bytes as f64,
-        ),
-        (
-            "process_open_fds",
-            "gauge",
-            "Number of open file descriptors.",
-            p.open_fds as f64,
-        ),
-        (
-            "process_max_fds",
-            "gauge",
-            "Maximum number of open file descriptors.",
-            p.max_fds as f64,
-        ),
-        (
-            "process_threads",
-            "gauge",
-            "Number of OS threads in the process.",
-            p.threads as f64,
-        ),
-        (
-            "process_start_time_seconds",
-            "gauge",
-            "Start time of the process since unix epoch in seconds.",
-            p.start_time_seconds,
-        ),
-    ];
-    for (name, kind, help, value) in families {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    }
-}
-
-/// Escapes a label value for the text format.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_request_heads() {
-        assert_eq!(
-            parse_head(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a"),
-            Request::Get {
-                path: "/metrics".into(),
-                head: false
-            }
-        );
-        assert_eq!(
-            parse_head(b"HEAD /health HTTP/1.0"),
-            Request::Get {
-                path: "/health".into(),
-                head: true
-            }
-        );
-        assert_eq!(
-            parse_head(b"POST /health HTTP/1.1"),
-            Request::OtherMethod {
-                path: "/health".into()
-            }
-        );
-        for junk in [
-            &b"\x00\x01\x02"[..],
-            b"GET",
-            b"GET /x",
-            b"GET x HTTP/1.1",
-            b"GET /x SPDY/3",
-            b"GET /x HTTP/1.1 extra",
-            b"\xff\xfe / HTTP/1.1",
-        ] {
-            assert_eq!(parse_head(junk), Request::Malformed, "{junk:?}");
-        }
-    }
-
-    #[test]
-    fn escapes_label_values() {
-        assert_eq!(escape(r#"a"b\c"#), r#"a\"b\\c"#);
-    }
+    let builder = set(builder, metric_names::STALL_DURATION_SECONDS, &stall);
+    set(builder, metric_names::HEARTBEAT_LAG_SECONDS, &lag)
 }

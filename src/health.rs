@@ -4,8 +4,9 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-/// Overall verdict of a [`Health`] snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+/// Overall verdict of a [`Health`] snapshot. Ordered by severity:
+/// `Healthy < Degraded < Stalled`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Status {
@@ -60,7 +61,7 @@ pub struct Health {
     /// The process's resources.
     pub process: ProcessHealth,
     /// The last reported stalls, newest first, with the stuck thread's stack
-    /// where it was taken (see [`Builder::recent_stalls`](crate::Builder::recent_stalls)).
+    /// where it was taken (see [`WatchdogBuilder::recent_stalls`](crate::WatchdogBuilder::recent_stalls)).
     pub recent_stalls: Vec<RecentStall>,
 }
 

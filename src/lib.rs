@@ -8,7 +8,7 @@
 //! every runtime, that looks at each watched runtime's workers every
 //! `check_interval` and flags a worker stuck in one poll for `stall_threshold`
 //! (5 s by default) **while it is stuck**: a `tracing` warning (target
-//! `loopwatch`), your [`on_stall`](Builder::on_stall) callback, metrics through
+//! `loopwatch`), your [`on_stall`](WatchdogBuilder::on_stall) callback, metrics through
 //! the [`metrics`](https://docs.rs/metrics) facade, and [`Watchdog::health`].
 //!
 //! # Quick start
@@ -59,9 +59,19 @@
 //! A heartbeat task on each runtime measures scheduling lag.
 //! [`install_runtime_hooks`] makes detection sharper on runtimes you build,
 //! and exact for every task under `--cfg tokio_unstable` (task poll hooks).
-//! On Linux, a current-thread runtime that looks stuck is told apart from one
-//! nobody drives by sampling its driver thread's stack (see
-//! [`Builder::sample_stacks`]).
+//! On Linux, every report carries the stuck thread's stack where the thread
+//! can be found, and a current-thread runtime that looks stuck is told apart
+//! from one nobody drives by its driver thread's stack (see
+//! [`WatchdogBuilder::sample_stacks`]).
+//!
+//! # Where things live
+//!
+//! Three kinds of threads, three modules (see `ARCHITECTURE.md`):
+//! `instrument` runs on the application's threads (the per-poll path, poll
+//! slots, names and counters); `watchdog` on the watchdog thread (detection,
+//! the stall machine, reports, evidence, health); `exporter` on the
+//! exporter's thread (HTTP and rendering). `stack` reads other threads'
+//! stacks for the watchdog.
 //!
 //! # Features
 //!
@@ -74,42 +84,36 @@
 //!
 //! # Minimum supported Rust version
 //!
-//! Rust 1.85, the minimum of tokio 1.54.
+//! Rust 1.88, the highest minimum among the dependencies (the `backtrace`
+//! crate used for stacks). Raising it is a minor-version change.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod call;
 mod clock;
 mod error;
-mod evidence;
 #[cfg(feature = "exporter")]
 mod exporter;
 mod health;
-mod heartbeat;
-mod hooks;
-mod monitor;
-mod names;
-mod poll;
-mod process;
-pub mod series;
-mod slot;
+mod instrument;
+pub mod metric_names;
 mod stack;
-mod stall;
-mod task;
-mod usage;
 mod watchdog;
-mod watched;
 
-#[doc(hidden)]
-pub use call::__private;
-pub use call::{blocking, blocking_fallible};
 pub use error::Error;
 #[cfg(feature = "exporter")]
 #[cfg_attr(docsrs, doc(cfg(feature = "exporter")))]
 pub use exporter::{Exporter, ExporterBuilder};
 pub use health::{
-    CallCounts, Health, ProcessHealth, RuntimeHealth, StalledWorker, Status, TaskCounts,
+    CallCounts, Health, HungTask, ProcessHealth, RecentStall, RuntimeHealth, StalledWorker, Status,
+    TaskCounts,
 };
-pub use hooks::{install_runtime_hooks, thread_parked, thread_started, thread_unparked};
+#[doc(hidden)]
+pub use instrument::call::__private;
+pub use instrument::call::{blocking, blocking_fallible};
+pub use instrument::hooks;
+pub use instrument::hooks::install_runtime_hooks;
+pub use instrument::names::{MAX_NAMES, OTHER};
+pub use instrument::task::{spawn, spawn_fallible, spawn_named};
+pub use instrument::watched::{WatchExt, Watched};
 /// Times and counts every call of the function it marks, like [`blocking`].
 ///
 /// - **Sync functions**: the call is *blocking* when it ran on an async
@@ -155,11 +159,7 @@ pub use hooks::{install_runtime_hooks, thread_parked, thread_started, thread_unp
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use loopwatch_macros::instrument_blocking;
-pub use names::{MAX_NAMES, OTHER};
-pub use stall::StallReport;
-pub use task::{spawn, spawn_fallible, spawn_named};
-pub use watchdog::{Builder, Watchdog};
-pub use watched::{WatchExt, Watched};
+pub use watchdog::{StallReport, Watchdog, WatchdogBuilder};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

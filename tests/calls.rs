@@ -150,3 +150,33 @@ fn the_budget_probe_leaves_the_task_budget_as_it_was() {
     assert_eq!((c.calls, c.blocking), (200, 200), "{c:?}");
     w.shutdown();
 }
+
+/// The thresholds the instrumented code reads go back to the documented
+/// defaults (blocking at 100 ms) when the watchdog stops.
+#[test]
+fn thresholds_return_to_the_defaults_when_the_watchdog_stops() {
+    let _serial = serial();
+    let rt = multi_thread(2);
+    let call = || {
+        rt.block_on(rt.spawn(async {
+            loopwatch::blocking("calls.reset", || sleep_ms(30));
+        }))
+        .unwrap()
+    };
+    let w = Watchdog::builder()
+        .blocking_threshold(Duration::from_millis(10))
+        .check_interval(Duration::from_millis(25))
+        .start()
+        .unwrap();
+    call(); // 30 ms >= 10 ms: blocking
+    assert_eq!(counts(&w, "calls.reset", 1).blocking, 1);
+    w.shutdown();
+    call(); // 30 ms < the default 100 ms: not blocking
+    let w = Watchdog::builder()
+        .check_interval(Duration::from_millis(25))
+        .start()
+        .unwrap();
+    let c = counts(&w, "calls.reset", 2);
+    assert_eq!((c.calls, c.blocking), (2, 1), "{c:?}");
+    w.shutdown();
+}

@@ -11,7 +11,7 @@ fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn start_err(builder: loopwatch::Builder) -> Error {
+fn start_err(builder: loopwatch::WatchdogBuilder) -> Error {
     match builder.start() {
         Ok(w) => {
             w.shutdown();
@@ -24,7 +24,7 @@ fn start_err(builder: loopwatch::Builder) -> Error {
 #[test]
 fn zero_durations_are_refused_naming_the_setting() {
     let _serial = serial();
-    let cases: [(&str, loopwatch::Builder); 5] = [
+    let cases: [(&str, loopwatch::WatchdogBuilder); 5] = [
         (
             "stall_threshold",
             Watchdog::builder().stall_threshold(Duration::ZERO),

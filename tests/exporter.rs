@@ -267,3 +267,69 @@ fn unstable_runtime_metrics_are_exported() {
     exporter.shutdown();
     watchdog.shutdown();
 }
+
+/// Poll and call durations come out with their exact count and sum, in
+/// cumulative buckets.
+#[test]
+fn duration_histograms_have_the_exact_count_and_sum() {
+    let _serial = serial();
+    let (watchdog, exporter) = start(Duration::from_secs(5));
+    let rt = multi_thread(2);
+    rt.block_on(async {
+        loopwatch::spawn_named("histogram.task", async {
+            std::thread::sleep(Duration::from_millis(120));
+            tokio::task::yield_now().await;
+            std::thread::sleep(Duration::from_millis(120));
+        })
+        .await
+    })
+    .unwrap();
+    for _ in 0..2 {
+        loopwatch::blocking("histogram.call", || {
+            std::thread::sleep(Duration::from_millis(120))
+        });
+    }
+    let body = get(exporter.local_addr(), "/metrics").body;
+    let value = |series: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} missing from\n{body}"))
+            .parse()
+            .unwrap()
+    };
+    let call = "loopwatch_call_duration_seconds";
+    assert_eq!(
+        value(&format!("{call}_count{{call=\"histogram.call\"}}")),
+        2.0
+    );
+    let sum = value(&format!("{call}_sum{{call=\"histogram.call\"}}"));
+    assert!(
+        (0.24..1.5).contains(&sum),
+        "two 120 ms calls summed to {sum}"
+    );
+    assert_eq!(
+        value(&format!(
+            "{call}_bucket{{call=\"histogram.call\",le=\"0.067108864\"}}"
+        )),
+        0.0
+    );
+    assert_eq!(
+        value(&format!(
+            "{call}_bucket{{call=\"histogram.call\",le=\"+Inf\"}}"
+        )),
+        2.0
+    );
+    // The task was polled twice, each poll 120 ms or more.
+    let poll = "loopwatch_poll_duration_seconds";
+    assert_eq!(
+        value(&format!("{poll}_count{{task=\"histogram.task\"}}")),
+        2.0
+    );
+    let sum = value(&format!("{poll}_sum{{task=\"histogram.task\"}}"));
+    assert!(
+        (0.24..1.5).contains(&sum),
+        "two 120 ms polls summed to {sum}"
+    );
+    exporter.shutdown();
+    watchdog.shutdown();
+}

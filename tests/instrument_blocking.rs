@@ -167,6 +167,29 @@ fn async_functions_count_long_polls_not_awaiting() {
     w.shutdown();
 }
 
+#[instrument_blocking(name = "ib.async_stall")]
+async fn stalls_in_a_poll() {
+    tokio::task::yield_now().await;
+    std::thread::sleep(Duration::from_millis(1500));
+}
+
+/// A stall inside an instrumented async function is named after the function,
+/// even when the task running it is a plain `tokio::spawn`.
+#[test]
+fn a_stall_inside_an_async_function_is_named_after_it() {
+    let _serial = serial();
+    let (w, reports) = common::start(Duration::from_millis(500), Duration::from_millis(25));
+    let rt = multi_thread(2);
+    w.watch_runtime("ib", rt.handle()).unwrap();
+    let task = rt.spawn(stalls_in_a_poll());
+    let (_, report) = reports
+        .wait_first("ib", Duration::from_secs(3))
+        .expect("the stall is reported");
+    assert_eq!(report.task.as_deref(), Some("ib.async_stall"), "{report}");
+    rt.block_on(task).unwrap();
+    w.shutdown();
+}
+
 async fn rt_spawned<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
     tokio::spawn(f).await.unwrap();
 }

@@ -257,21 +257,11 @@ fn a_stall_is_logged_and_recorded_in_every_stall_metric() {
         series("loopwatch_blocking_calls_total", &[("call", "m.call")]),
         Some(1.0)
     );
-    let call_durations: Vec<f64> = observed
-        .histograms
-        .iter()
-        .filter(|(n, l, _)| n == "loopwatch_call_duration_seconds" && l[0].1 == "m.call")
-        .map(|h| h.2)
-        .collect();
-    assert_eq!(call_durations.len(), 1, "{call_durations:?}");
-    assert!(
-        (0.07..0.35).contains(&call_durations[0]),
-        "150 ms recorded as {call_durations:?}"
-    );
-    assert!(observed
-        .histograms
-        .iter()
-        .any(|(n, l, _)| n == "loopwatch_poll_duration_seconds" && l[0].1 == "m.task"));
+    // Poll and call durations are rendered exactly by loopwatch's exporter
+    // (tests/exporter.rs); they are not re-recorded through the facade.
+    assert!(!observed.histograms.iter().any(|(n, _, _)| {
+        n == "loopwatch_call_duration_seconds" || n == "loopwatch_poll_duration_seconds"
+    }));
 
     let logs = observed.logs.text();
     let warnings: Vec<&str> = logs

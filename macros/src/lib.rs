@@ -3,7 +3,6 @@
 //! Use them through the `loopwatch` crate (default feature `macros`):
 //! `#[loopwatch::instrument_blocking]`. The documentation, with examples,
 //! is on the re-export there.
-#![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 
 use proc_macro::TokenStream;
 

@@ -1,4 +1,4 @@
-//! Metric names and how the watchdog records them through the `metrics` facade.
+//! What the watchdog records through the `metrics` facade.
 //!
 //! Only the watchdog thread records here, a few times per check: handles are
 //! looked up at each call, so a recorder installed after the watchdog started
@@ -10,22 +10,7 @@ use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
 };
 
-/// Stalls flagged, by runtime.
-pub const STALLS_TOTAL: &str = "loopwatch_stalls_total";
-/// Workers stalled now, by runtime.
-pub const STALLED_WORKERS: &str = "loopwatch_stalled_workers";
-/// Length of each stall, observed when it ends, by runtime.
-pub const STALL_DURATION_SECONDS: &str = "loopwatch_stall_duration_seconds";
-/// How late the heartbeat task ran, by runtime.
-pub const HEARTBEAT_LAG_SECONDS: &str = "loopwatch_heartbeat_lag_seconds";
-/// Unix time of the last heartbeat, by runtime.
-pub const HEARTBEAT_TIMESTAMP_SECONDS: &str = "loopwatch_heartbeat_timestamp_seconds";
-/// Stall reports held back by the rate limit.
-pub const REPORTS_SUPPRESSED_TOTAL: &str = "loopwatch_reports_suppressed_total";
-/// Stalls whose stuck thread was on a CPU when first reported (a CPU hog rather than a blocking call), by runtime.
-pub const CPU_BOUND_STALLS_TOTAL: &str = "loopwatch_cpu_bound_stalls_total";
-/// Panics caught in the `on_stall` callback.
-pub const CALLBACK_PANICS_TOTAL: &str = "loopwatch_callback_panics_total";
+use crate::metric_names::*;
 
 /// Describes every series (help text and unit) to the installed recorder.
 /// Called when the watchdog starts and again when the exporter installs its
@@ -112,31 +97,6 @@ pub(crate) fn callback_panicked() {
     counter!(CALLBACK_PANICS_TOTAL).increment(1);
 }
 
-/// Tasks spawned through loopwatch, by task name.
-pub const TASKS_SPAWNED_TOTAL: &str = "loopwatch_tasks_spawned_total";
-/// Tasks that completed (an `Ok` for fallible tasks), by task name.
-pub const TASKS_COMPLETED_TOTAL: &str = "loopwatch_tasks_completed_total";
-/// Tasks that failed, by task name and reason (`error` or `panic`).
-pub const TASKS_FAILED_TOTAL: &str = "loopwatch_tasks_failed_total";
-/// Tasks dropped or aborted before completing, by task name.
-pub const TASKS_CANCELLED_TOTAL: &str = "loopwatch_tasks_cancelled_total";
-/// Tasks alive now, by task name.
-pub const TASKS_ALIVE: &str = "loopwatch_tasks_alive";
-/// Alive tasks not polled for the hung-task threshold, by task name.
-pub const TASKS_HUNG: &str = "loopwatch_tasks_hung";
-/// Polls that took the blocking threshold or longer, by task name.
-pub const SLOW_POLLS_TOTAL: &str = "loopwatch_slow_polls_total";
-/// Poll durations, by task name.
-pub const POLL_DURATION_SECONDS: &str = "loopwatch_poll_duration_seconds";
-/// Instrumented calls, by call name and outcome (`ok`, `error`, `panic`).
-pub const CALLS_TOTAL: &str = "loopwatch_calls_total";
-/// Sync calls that ran the blocking threshold or longer on an async worker thread, by call name.
-pub const BLOCKING_CALLS_TOTAL: &str = "loopwatch_blocking_calls_total";
-/// Calls that took the slow-call threshold or longer, by call name.
-pub const SLOW_CALLS_TOTAL: &str = "loopwatch_slow_calls_total";
-/// Call durations, by call name.
-pub const CALL_DURATION_SECONDS: &str = "loopwatch_call_duration_seconds";
-
 fn describe_usage() {
     describe_counter!(
         TASKS_SPAWNED_TOTAL,
@@ -169,11 +129,6 @@ fn describe_usage() {
         Unit::Count,
         "Polls that took the blocking threshold or longer."
     );
-    describe_histogram!(
-        POLL_DURATION_SECONDS,
-        Unit::Seconds,
-        "Poll durations of instrumented tasks."
-    );
     describe_counter!(CALLS_TOTAL, Unit::Count, "Instrumented calls, by outcome.");
     describe_counter!(
         BLOCKING_CALLS_TOTAL,
@@ -184,11 +139,6 @@ fn describe_usage() {
         SLOW_CALLS_TOTAL,
         Unit::Count,
         "Calls that took the slow-call threshold or longer."
-    );
-    describe_histogram!(
-        CALL_DURATION_SECONDS,
-        Unit::Seconds,
-        "Durations of instrumented calls."
     );
 }
 
@@ -214,28 +164,4 @@ pub(crate) fn call_counts(call: &'static str, deltas: [u64; 5]) {
     counter!(CALLS_TOTAL, "call" => call, "outcome" => "panic").increment(panic);
     counter!(BLOCKING_CALLS_TOTAL, "call" => call).increment(blocking);
     counter!(SLOW_CALLS_TOTAL, "call" => call).increment(slow);
-}
-
-/// Records what a duration histogram gained since `before`, each bucket's
-/// count at the bucket's representative value.
-pub(crate) fn durations(
-    metric: &'static str,
-    label: &'static str,
-    name: &'static str,
-    now: &[u64; crate::names::BUCKETS],
-    before: &[u64; crate::names::BUCKETS],
-) {
-    if now == before {
-        return;
-    }
-    let histogram = histogram!(metric, label => name);
-    for (i, (n, b)) in now.iter().zip(before).enumerate() {
-        let delta = n.saturating_sub(*b);
-        if delta > 0 {
-            histogram.record_many(
-                crate::names::Buckets::midpoint_seconds(i),
-                usize::try_from(delta).unwrap_or(usize::MAX),
-            );
-        }
-    }
 }

@@ -1,27 +1,16 @@
-//! Per-runtime monitoring on the watchdog thread: samples the runtime's
-//! metrics and heartbeat, and combines them with the poll slots to find
-//! stalled workers.
+//! Stall detection for one runtime, on the watchdog thread: samples the
+//! runtime's metrics and heartbeat, and combines them with the poll slots to
+//! find stalled workers. It decides *that* a worker is stalled; the
+//! [`stall`](super::stall) machine decides what to report.
 
 use std::sync::Arc;
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-use crate::heartbeat::{Beat, BeatView};
-use crate::slot::{SlotView, PARK_ACTIVE, PARK_UNKNOWN};
-use crate::stall::{Candidate, StallKey};
-
-/// A runtime handed to [`crate::Watchdog::watch_runtime`].
-#[derive(Debug)]
-pub(crate) struct RuntimeEntry {
-    pub(crate) name: Arc<str>,
-    pub(crate) serial: u64,
-    pub(crate) handle: Handle,
-    pub(crate) beat: Arc<Beat>,
-    pub(crate) watched_at: u64,
-    /// Whether `watch_runtime` was called from inside this runtime (so someone
-    /// was driving it then).
-    pub(crate) watched_from_inside: bool,
-}
+use super::heartbeat::BeatView;
+use super::runtimes::RuntimeEntry;
+use super::stall::{Candidate, StallKey};
+use crate::instrument::slot::{SlotView, PARK_ACTIVE, PARK_UNKNOWN};
 
 /// What is published per worker by tokio: (park/unpark count, park count, busy ns).
 type Triple = (u64, u64, u64);
@@ -36,7 +25,7 @@ struct WorkerTrack {
     changed_after: u64,
 }
 
-/// Watchdog-side state of one watched runtime.
+/// Detection state of one watched runtime.
 #[derive(Debug)]
 pub(crate) struct RuntimeMonitor {
     pub(crate) entry: Arc<RuntimeEntry>,
@@ -230,8 +219,7 @@ impl RuntimeMonitor {
                     slot: s.id,
                     start: s.poll_start,
                 },
-                runtime: self.entry.name.clone(),
-                runtime_serial: self.entry.serial,
+                runtime: self.entry.identity(),
                 worker,
                 since: s.poll_start,
                 task: s.task,
@@ -292,8 +280,7 @@ impl RuntimeMonitor {
                     worker,
                     since,
                 },
-                runtime: self.entry.name.clone(),
-                runtime_serial: self.entry.serial,
+                runtime: self.entry.identity(),
                 worker: Some(worker),
                 since,
                 task: None,
@@ -313,8 +300,7 @@ impl RuntimeMonitor {
                         runtime: self.entry.serial,
                         since,
                     },
-                    runtime: self.entry.name.clone(),
-                    runtime_serial: self.entry.serial,
+                    runtime: self.entry.identity(),
                     worker: None,
                     since,
                     task: None,

@@ -13,9 +13,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::clock::now_ns;
-pub(crate) use crate::names::NameEntry;
+pub(crate) use crate::instrument::names::NameEntry;
 
-/// Park state as reported by the runtime hooks of [`crate::install_runtime_hooks`].
+/// Park state as reported by the runtime hooks of [`crate::hooks`].
 pub(crate) const PARK_UNKNOWN: u8 = 0;
 pub(crate) const PARK_ACTIVE: u8 = 1;
 pub(crate) const PARK_PARKED: u8 = 2;
@@ -303,7 +303,7 @@ pub(crate) mod task_hooks {
     pub(crate) fn poll_started(at: &'static Location<'static>) {
         // Task poll hooks run on workers only, before the task id is set.
         super::mark_worker();
-        let guard = enter(crate::names::of_location(at));
+        let guard = enter(crate::instrument::names::of_location(at));
         drop(GUARD.with(|g| g.replace(guard)));
     }
 

@@ -2,22 +2,18 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
-use crate::clock::now_ns;
-use crate::names::{self, NameEntry};
-
-/// The slow-call threshold the call path compares against (ns).
-static SLOW_NS: AtomicU64 = AtomicU64::new(2_000_000_000);
+use crate::clock::{now_ns, OncePerSecond};
+use crate::instrument::names::{self, NameEntry};
+use crate::instrument::outcome::{Ending, Progress};
+use crate::instrument::poll::instrument_poll;
+use crate::instrument::settings::SETTINGS;
 
 /// At most one blocking-call warning per second across the process.
-static BLOCKING_LOG: crate::clock::OncePerSecond = crate::clock::OncePerSecond::new();
-
-pub(crate) fn set_slow_call_threshold(threshold: std::time::Duration) {
-    SLOW_NS.store(crate::clock::nanos(threshold), Relaxed);
-}
+static BLOCKING_LOG: OncePerSecond = OncePerSecond::new();
 
 /// Runs a sync call named `name`, timed and counted like a function marked
 /// [`#[instrument_blocking]`](crate::instrument_blocking): it is **blocking**
@@ -65,15 +61,15 @@ pub(crate) fn call_sync<T>(
     f: impl FnOnce() -> T,
     failed: impl FnOnce(&T) -> bool,
 ) -> T {
-    let mut guard = CallGuard {
+    let mut call = SyncCall {
         entry,
         site,
         start: now_ns(),
-        finished: false,
+        progress: Progress::Idle,
     };
-    let out = f();
-    guard.finished = true;
-    let took = now_ns().saturating_sub(guard.start);
+    let out = call.progress.step(f);
+    call.progress.finish();
+    let took = now_ns().saturating_sub(call.start);
     let counter = if failed(&out) {
         &entry.calls.errors
     } else {
@@ -84,17 +80,17 @@ pub(crate) fn call_sync<T>(
     out
 }
 
-/// Counts a call that unwinds (panics) when dropped unfinished.
-struct CallGuard {
+/// A sync call in progress; counts it as panicked when the unwind drops it.
+struct SyncCall {
     entry: &'static NameEntry,
     site: Option<SiteThresholds>,
     start: u64,
-    finished: bool,
+    progress: Progress,
 }
 
-impl Drop for CallGuard {
+impl Drop for SyncCall {
     fn drop(&mut self) {
-        if !self.finished {
+        if self.progress.dropped() == Some(Ending::Panicked) {
             self.entry.calls.panics.fetch_add(1, Relaxed);
             account(self.entry, self.site, now_ns().saturating_sub(self.start));
         }
@@ -120,9 +116,9 @@ fn thresholds(site: Option<SiteThresholds>) -> (u64, u64) {
     let own = |ns: u64| Some(ns).filter(|&ns| ns != 0);
     (
         site.and_then(|s| own(s.warn_ns))
-            .unwrap_or_else(crate::poll::blocking_threshold_ns),
+            .unwrap_or_else(|| SETTINGS.blocking_ns()),
         site.and_then(|s| own(s.slow_ns))
-            .unwrap_or_else(|| SLOW_NS.load(Relaxed)),
+            .unwrap_or_else(|| SETTINGS.slow_call_ns()),
     )
 }
 
@@ -227,6 +223,8 @@ pub mod __private {
 
     /// An async call: the whole future's time is the call's duration; a
     /// single poll of the blocking threshold or longer counts as blocking.
+    /// Its polls go through the same per-poll path as tasks', so a stall
+    /// inside one is named after the call.
     pub fn call_async<F: Future>(
         site: &'static CallSite,
         future: F,
@@ -237,8 +235,7 @@ pub mod __private {
             site,
             failed,
             start: 0,
-            polling: false,
-            done: false,
+            progress: Progress::Idle,
         }
     }
 
@@ -252,9 +249,7 @@ pub mod __private {
         failed: fn(&F::Output) -> bool,
         /// When the first poll began (ns; 0 = not polled yet).
         start: u64,
-        /// Inside a poll; still so when dropped means the poll panicked.
-        polling: bool,
-        done: bool,
+        progress: Progress,
     }
 
     impl<F: Future> Future for AsyncCall<F> {
@@ -264,42 +259,40 @@ pub mod __private {
             let this = self.project();
             let entry = this.site.entry();
             let (warn_ns, slow_ns) = thresholds(Some(this.site.thresholds));
-            let poll_start = now_ns();
+            let inner = this.inner;
+            let polled = this
+                .progress
+                .step(|| instrument_poll(entry, None, || inner.poll(cx)));
             if *this.start == 0 {
-                *this.start = poll_start;
+                *this.start = polled.start;
             }
-            *this.polling = true;
-            let out = this.inner.poll(cx);
-            *this.polling = false;
-            let end = now_ns();
             // One poll that long blocked the worker; awaiting never counts.
-            let polled = end.saturating_sub(poll_start);
-            if polled >= warn_ns {
-                blocked(entry, polled);
+            if polled.took >= warn_ns {
+                blocked(entry, polled.took);
             }
-            if let Poll::Ready(output) = &out {
-                *this.done = true;
+            if let Poll::Ready(output) = &polled.out {
+                this.progress.finish();
                 let counter = if (this.failed)(output) {
                     &entry.calls.errors
                 } else {
                     &entry.calls.ok
                 };
                 counter.fetch_add(1, Relaxed);
+                let end = polled.start.saturating_add(polled.took);
                 let took = end.saturating_sub(*this.start);
                 entry.calls.durations.record(took);
                 if took >= slow_ns {
                     entry.calls.slow.fetch_add(1, Relaxed);
                 }
             }
-            out
+            polled.out
         }
     }
 
     #[pin_project::pinned_drop]
     impl<F: Future> PinnedDrop for AsyncCall<F> {
         fn drop(self: Pin<&mut Self>) {
-            // Dropped while inside a poll: the poll panicked.
-            if self.polling && !self.done {
+            if self.progress.dropped() == Some(Ending::Panicked) {
                 self.site.entry().calls.panics.fetch_add(1, Relaxed);
             }
         }

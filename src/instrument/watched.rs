@@ -4,7 +4,8 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::names::{self, NameEntry};
+use crate::instrument::names::{self, NameEntry};
+use crate::instrument::poll::{account_task_poll, instrument_poll};
 
 /// A future whose polls are recorded in the poll slot of the thread that runs
 /// them, so that the watchdog knows exactly which task a worker is stuck in
@@ -45,7 +46,10 @@ impl<F: Future> Future for Watched<F> {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        crate::poll::instrument_poll(this.name, None, || this.inner.poll(cx))
+        let name = *this.name;
+        let polled = instrument_poll(name, None, || this.inner.poll(cx));
+        account_task_poll(name, polled.took);
+        polled.out
     }
 }
 

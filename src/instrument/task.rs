@@ -12,7 +12,9 @@ use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
 use crate::clock::now_ns;
-use crate::names::{self, NameEntry};
+use crate::instrument::names::{self, NameEntry};
+use crate::instrument::outcome::{Ending, Progress};
+use crate::instrument::poll::{account_task_poll, instrument_poll};
 
 /// Spawns `future` on the current tokio runtime, like [`tokio::spawn`], as a
 /// task named by the caller's `file:line`, whose polls and outcome loopwatch
@@ -97,17 +99,6 @@ fn never_failed<T>(_: &T) -> bool {
     false
 }
 
-/// Where a task is in its life, for its outcome when it is dropped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
-    /// Between polls.
-    Idle,
-    /// Inside a poll; still so when it is dropped means the poll panicked.
-    Polling,
-    /// Completed; its outcome is counted.
-    Done,
-}
-
 /// The future of a task spawned through loopwatch.
 #[pin_project::pin_project(PinnedDrop)]
 pub(crate) struct Task<F: Future> {
@@ -115,7 +106,7 @@ pub(crate) struct Task<F: Future> {
     inner: F,
     entry: &'static NameEntry,
     failed: fn(&F::Output) -> bool,
-    state: State,
+    progress: Progress,
     live: Registration,
 }
 
@@ -126,7 +117,7 @@ impl<F: Future> Task<F> {
             inner,
             entry,
             failed,
-            state: State::Idle,
+            progress: Progress::Idle,
             live: Registration::new(entry),
         }
     }
@@ -138,16 +129,17 @@ impl<F: Future> Future for Task<F> {
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
-        *this.state = State::Polling;
-        let inner = this.inner;
-        let out =
-            crate::poll::instrument_poll(this.entry, Some(&this.live.record.last_poll), || {
-                inner.poll(cx)
-            });
+        let entry = *this.entry;
+        let (inner, last_poll) = (this.inner, &this.live.record.last_poll);
+        let polled = this
+            .progress
+            .step(|| instrument_poll(entry, Some(last_poll), || inner.poll(cx)));
+        account_task_poll(entry, polled.took);
+        let out = polled.out;
         match &out {
-            Poll::Pending => *this.state = State::Idle,
+            Poll::Pending => {}
             Poll::Ready(output) => {
-                *this.state = State::Done;
+                this.progress.finish();
                 let counter = if (this.failed)(output) {
                     &this.entry.tasks.failed
                 } else {
@@ -164,14 +156,12 @@ impl<F: Future> Future for Task<F> {
 impl<F: Future> PinnedDrop for Task<F> {
     fn drop(self: Pin<&mut Self>) {
         let tasks = &self.entry.tasks;
-        match self.state {
-            State::Done => {}
-            // Dropped inside a poll: the poll panicked (tokio catches the
-            // panic and hands it to the JoinHandle).
-            State::Polling => {
+        match self.progress.dropped() {
+            None => {}
+            Some(Ending::Panicked) => {
                 tasks.panicked.fetch_add(1, Relaxed);
             }
-            State::Idle => {
+            Some(Ending::Cancelled) => {
                 tasks.cancelled.fetch_add(1, Relaxed);
             }
         }

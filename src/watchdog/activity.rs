@@ -1,12 +1,17 @@
-//! What the watchdog reads of tasks and calls: totals for `Health`, hung
-//! tasks, and the per-name series it publishes through the `metrics` facade.
+//! What the application did, as the watchdog reads it on a schedule of its
+//! own: task and call counts (totals for `Health`, per-name series through
+//! the `metrics` facade), hung tasks, and the process's resources.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
+use super::builder::Config;
+use super::process::{self, ProcessStats};
+use super::publish;
+use crate::clock::nanos;
 use crate::health::{CallCounts, HungTask, TaskCounts};
-use crate::names::{self, NameEntry, BUCKETS};
-use crate::series;
+use crate::instrument::names::{self, NameEntry};
 
 /// Hung tasks listed by name in `Health`, oldest first.
 const HUNG_LISTED: usize = 5;
@@ -20,13 +25,11 @@ struct Reading {
     panicked: u64,
     cancelled: u64,
     slow_polls: u64,
-    polls: [u64; BUCKETS],
     calls_ok: u64,
     calls_error: u64,
     calls_panic: u64,
     blocking: u64,
     slow_calls: u64,
-    call_durations: [u64; BUCKETS],
 }
 
 impl Reading {
@@ -40,13 +43,11 @@ impl Reading {
             panicked: t.panicked.load(Relaxed),
             cancelled: t.cancelled.load(Relaxed),
             slow_polls: t.slow_polls.load(Relaxed),
-            polls: t.polls.counts(),
             calls_ok: c.ok.load(Relaxed),
             calls_error: c.errors.load(Relaxed),
             calls_panic: c.panics.load(Relaxed),
             blocking: c.blocking.load(Relaxed),
             slow_calls: c.slow.load(Relaxed),
-            call_durations: c.durations.counts(),
         }
     }
 
@@ -62,9 +63,9 @@ impl Reading {
     }
 }
 
-/// The watchdog's view of tasks and calls, kept across checks.
+/// The watchdog's view of tasks and calls, kept across readings.
 #[derive(Debug, Default)]
-pub(crate) struct Usage {
+struct Usage {
     /// What was last published, per name, with its hung count.
     published: HashMap<&'static str, (Reading, u64)>,
     /// Hung tasks per name at the last scan.
@@ -75,10 +76,10 @@ pub(crate) struct Usage {
 
 impl Usage {
     /// Finds live tasks not polled for `hung_ns` (scans every live task).
-    pub(crate) fn scan_hung(&mut self, now: u64, hung_ns: u64) {
+    fn scan_hung(&mut self, now: u64, hung_ns: u64) {
         let mut by_name: HashMap<&'static str, u64> = HashMap::new();
         let mut oldest: Vec<(u64, &'static str)> = Vec::new();
-        crate::task::for_each_live(|record| {
+        crate::instrument::task::for_each_live(|record| {
             let idle = now.saturating_sub(record.last_poll.load(Relaxed));
             if idle >= hung_ns {
                 *by_name.entry(record.entry.name).or_default() += 1;
@@ -98,7 +99,7 @@ impl Usage {
     }
 
     /// Totals over every name, for `Health`.
-    pub(crate) fn totals(&self) -> (TaskCounts, BTreeMap<String, CallCounts>, Vec<HungTask>) {
+    fn totals(&self) -> (TaskCounts, BTreeMap<String, CallCounts>, Vec<HungTask>) {
         let mut tasks = TaskCounts::default();
         let mut calls = BTreeMap::new();
         for entry in names::all() {
@@ -127,7 +128,7 @@ impl Usage {
     }
 
     /// Publishes what changed since the last call through the `metrics` facade.
-    pub(crate) fn publish(&mut self) {
+    fn publish(&mut self) {
         for entry in names::all() {
             let now = Reading::of(entry);
             let hung = self.hung_by_name.get(entry.name).copied().unwrap_or(0);
@@ -138,7 +139,7 @@ impl Usage {
             let before = last.map(|(reading, _)| reading).unwrap_or_default();
             let name = entry.name;
             if now.spawned > 0 {
-                series::task_counts(
+                publish::task_counts(
                     name,
                     [
                         now.spawned - before.spawned,
@@ -152,15 +153,8 @@ impl Usage {
                     hung,
                 );
             }
-            series::durations(
-                series::POLL_DURATION_SECONDS,
-                "task",
-                name,
-                &now.polls,
-                &before.polls,
-            );
             if now.calls() > 0 {
-                series::call_counts(
+                publish::call_counts(
                     name,
                     [
                         now.calls_ok - before.calls_ok,
@@ -170,15 +164,95 @@ impl Usage {
                         now.slow_calls - before.slow_calls,
                     ],
                 );
-                series::durations(
-                    series::CALL_DURATION_SECONDS,
-                    "call",
-                    name,
-                    &now.call_durations,
-                    &before.call_durations,
-                );
             }
             self.published.insert(name, (now, hung));
         }
     }
+}
+
+/// Task, call and process figures, read on their own schedule (not every check).
+#[derive(Debug)]
+pub(crate) struct Activity {
+    usage: Usage,
+    process: ProcessStats,
+    /// When the series were last published and the process read, and how often (ns).
+    last_read: u64,
+    read_every_ns: u64,
+    /// When live tasks were last scanned for hung ones, and how often (ns).
+    last_hung_scan: u64,
+    hung_scan_every_ns: u64,
+    hung_ns: u64,
+}
+
+/// What [`Activity`] has for a health snapshot.
+#[derive(Debug)]
+pub(crate) struct ActivitySummary {
+    pub(crate) tasks: TaskCounts,
+    pub(crate) calls: BTreeMap<String, CallCounts>,
+    pub(crate) hung_tasks: Vec<HungTask>,
+    pub(crate) hung_threshold: Duration,
+}
+
+impl Activity {
+    pub(crate) fn new(config: &Config) -> Self {
+        Activity {
+            usage: Usage::default(),
+            process: ProcessStats::default(),
+            last_read: 0,
+            read_every_ns: nanos(read_interval(config)),
+            last_hung_scan: 0,
+            hung_scan_every_ns: nanos(hung_scan_interval(config)),
+            hung_ns: nanos(config.hung_task_threshold),
+        }
+    }
+
+    /// Reads and publishes what is due at `now`; returns whether anything was read.
+    pub(crate) fn tick(&mut self, now: u64) -> bool {
+        if self.last_read != 0 && now.saturating_sub(self.last_read) < self.read_every_ns {
+            return false;
+        }
+        self.last_read = now;
+        if self.last_hung_scan == 0
+            || now.saturating_sub(self.last_hung_scan) >= self.hung_scan_every_ns
+        {
+            self.last_hung_scan = now;
+            self.usage.scan_hung(now, self.hung_ns);
+        }
+        self.usage.publish();
+        self.process = process::read();
+        true
+    }
+
+    /// The process's resources as last read.
+    pub(crate) fn process(&self) -> ProcessStats {
+        self.process
+    }
+
+    /// Task and call totals now, with the hung tasks of the last scan.
+    pub(crate) fn summary(&self) -> ActivitySummary {
+        let (tasks, calls, hung_tasks) = self.usage.totals();
+        ActivitySummary {
+            tasks,
+            calls,
+            hung_tasks,
+            hung_threshold: Duration::from_nanos(self.hung_ns),
+        }
+    }
+}
+
+/// How often live tasks are scanned for hung ones (every live task is
+/// read): a tenth of the hung-task threshold, between the reading interval
+/// and 10 s. A task is reported hung within `hung_task_threshold` plus this.
+fn hung_scan_interval(config: &Config) -> Duration {
+    let floor = read_interval(config);
+    (config.hung_task_threshold / 10).clamp(floor, floor.max(Duration::from_secs(10)))
+}
+
+/// How often the per-name series are published and the process's resources
+/// read: every second, or every tenth of the hung-task threshold if that is
+/// shorter, and at least every check.
+fn read_interval(config: &Config) -> Duration {
+    (config.hung_task_threshold / 10)
+        .min(Duration::from_secs(1))
+        .max(config.check_interval)
 }

@@ -14,9 +14,24 @@
 //! Tokio keeps one callback per hook, so `install_runtime_hooks` replaces
 //! `on_thread_start`, `on_thread_park` and `on_thread_unpark` set before it.
 //! To keep your own, call [`thread_started`], [`thread_parked`] and
-//! [`thread_unparked`] from them instead.
+//! [`thread_unparked`] from them instead:
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let runtime = tokio::runtime::Builder::new_multi_thread()
+//!     .worker_threads(2)
+//!     .on_thread_start(|| {
+//!         loopwatch::hooks::thread_started();
+//!         // ... your own start hook ...
+//!     })
+//!     .on_thread_park(loopwatch::hooks::thread_parked)
+//!     .on_thread_unpark(loopwatch::hooks::thread_unparked)
+//!     .build()?;
+//! # drop(runtime);
+//! # Ok(()) }
+//! ```
 
-use crate::slot::{self, PARK_ACTIVE, PARK_PARKED};
+use crate::instrument::slot::{self, PARK_ACTIVE, PARK_PARKED};
 
 /// Installs loopwatch's thread hooks on a runtime builder.
 ///

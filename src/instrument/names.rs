@@ -22,16 +22,50 @@ pub const MAX_NAMES: usize = 1000;
 pub const OTHER: &str = "other";
 
 /// Number of poll and call duration buckets: bucket `i` holds durations
-/// below `2^i` microseconds (the last one everything longer).
+/// below `2^i` "microseconds" of 1,024 ns (the last one everything longer).
 pub(crate) const BUCKETS: usize = 24;
 
-/// A duration histogram with power-of-two microsecond buckets.
+/// A duration histogram aggregated as it is recorded: power-of-two buckets
+/// and the exact sum. Its size never depends on how many durations it holds.
 #[derive(Debug)]
-pub(crate) struct Buckets([AtomicU64; BUCKETS]);
+pub(crate) struct Buckets {
+    counts: [AtomicU64; BUCKETS],
+    sum_ns: AtomicU64,
+}
 
 impl Default for Buckets {
     fn default() -> Self {
-        Buckets(std::array::from_fn(|_| AtomicU64::new(0)))
+        Buckets {
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            sum_ns: AtomicU64::new(0),
+        }
+    }
+}
+
+/// What a [`Buckets`] holds at one instant (read by the exporter).
+#[cfg_attr(not(feature = "exporter"), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BucketCounts {
+    /// Durations per bucket.
+    pub(crate) counts: [u64; BUCKETS],
+    /// Sum of every duration recorded (ns).
+    pub(crate) sum_ns: u64,
+}
+
+impl Default for BucketCounts {
+    fn default() -> Self {
+        BucketCounts {
+            counts: [0; BUCKETS],
+            sum_ns: 0,
+        }
+    }
+}
+
+#[cfg_attr(not(feature = "exporter"), allow(dead_code))]
+impl BucketCounts {
+    /// How many durations were recorded.
+    pub(crate) fn count(&self) -> u64 {
+        self.counts.iter().sum()
     }
 }
 
@@ -40,22 +74,23 @@ impl Buckets {
     pub(crate) fn record(&self, nanos: u64) {
         let micros = nanos >> 10; // ~microseconds, cheaply
         let index = (u64::BITS - micros.leading_zeros()) as usize;
-        self.0[index.min(BUCKETS - 1)].fetch_add(1, Relaxed);
+        self.counts[index.min(BUCKETS - 1)].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(nanos, Relaxed);
     }
 
-    /// Counts per bucket so far.
-    pub(crate) fn counts(&self) -> [u64; BUCKETS] {
-        std::array::from_fn(|i| self.0[i].load(Relaxed))
-    }
-
-    /// A representative duration (seconds) for bucket `i`.
-    pub(crate) fn midpoint_seconds(i: usize) -> f64 {
-        let upper = (1u64 << i) as f64 * 1.024e-6;
-        if i == 0 {
-            upper / 2.0
-        } else {
-            upper * 0.75
+    /// Counts per bucket and the sum so far.
+    #[cfg_attr(not(feature = "exporter"), allow(dead_code))]
+    pub(crate) fn read(&self) -> BucketCounts {
+        BucketCounts {
+            counts: std::array::from_fn(|i| self.counts[i].load(Relaxed)),
+            sum_ns: self.sum_ns.load(Relaxed),
         }
+    }
+
+    /// The upper bound (exclusive, seconds) of bucket `i`; the last bucket has none.
+    #[cfg_attr(not(feature = "exporter"), allow(dead_code))]
+    pub(crate) fn upper_bound_seconds(i: usize) -> Option<f64> {
+        (i < BUCKETS - 1).then(|| (1u64 << i) as f64 * 1.024e-6)
     }
 }
 
@@ -213,19 +248,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_are_powers_of_two_microseconds() {
+    fn buckets_are_powers_of_two_microseconds_with_an_exact_sum() {
         let b = Buckets::default();
         b.record(0);
         b.record(500); // < 1 us
         b.record(1_500); // 1-2 us
         b.record(3_000_000_000); // 3 s
-        let c = b.counts();
-        assert_eq!(c[0], 2);
-        assert_eq!(c[1], 1);
-        assert_eq!(c.iter().sum::<u64>(), 4);
-        let top = c.iter().rposition(|&n| n > 0).unwrap();
-        let mid = Buckets::midpoint_seconds(top);
-        assert!((1.5..6.0).contains(&mid), "3 s recorded near {mid} s");
+        let c = b.read();
+        assert_eq!(c.counts[0], 2);
+        assert_eq!(c.counts[1], 1);
+        assert_eq!(c.count(), 4);
+        assert_eq!(c.sum_ns, 3_000_002_000);
+        let top = c.counts.iter().rposition(|&n| n > 0).unwrap();
+        let upper = Buckets::upper_bound_seconds(top).unwrap();
+        let lower = Buckets::upper_bound_seconds(top - 1).unwrap();
+        assert!(lower <= 3.0 && 3.0 < upper, "3 s in [{lower}, {upper})");
+        assert_eq!(Buckets::upper_bound_seconds(BUCKETS - 1), None);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::task::{Context, Poll, Waker};
 use parking_lot::Mutex;
 
 use crate::clock::now_ns;
-use crate::slot::{self, NameEntry};
+use crate::instrument::slot::{self, NameEntry};
 
 /// The heartbeat's own name: not in the name registry, so not exported as a task.
 static NAME: LazyLock<&'static NameEntry> =

@@ -2,7 +2,9 @@
 
 use crate::health::ProcessHealth;
 
-/// Everything read about the process at one instant.
+/// Everything read about the process at one instant (the watchdog reads it
+/// once a second; `Health::process` and the exporter's `process_*` series
+/// show that reading).
 #[derive(Debug, Clone, Copy, Default)]
 #[cfg_attr(not(feature = "exporter"), allow(dead_code))]
 pub(crate) struct ProcessStats {

@@ -1,69 +1,13 @@
-//! Stall reports and the stall state machine: flag, escalate, end, rate limit.
+//! The stall state machine: a stall seen at a check is flagged, escalated
+//! at 2x, 4x, ... the threshold, and ended when it is no longer seen; reports
+//! are rate limited. It decides what to report, not how.
 
 use std::collections::{HashMap, VecDeque};
-use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// What loopwatch knows about a stall, handed to the
-/// [`on_stall`](crate::Builder::on_stall) callback when the stall is first
-/// flagged and again at each escalation (2x, 4x, ... the stall threshold).
-///
-/// Its `Display` form is the one-line summary used in logs and in
-/// [`Health::issues`](crate::Health::issues).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct StallReport {
-    /// The name the runtime was watched under.
-    pub runtime: String,
-    /// The stuck worker's index, when known.
-    pub worker: Option<usize>,
-    /// How long the worker has been stuck in one poll so far.
-    pub stalled_for: Duration,
-    /// The task it is stuck in, when that task is instrumented
-    /// ([`WatchExt::watched`](crate::WatchExt::watched)).
-    pub task: Option<String>,
-    /// The stuck thread's name, when known.
-    pub thread: Option<String>,
-    /// The stuck thread's stack, innermost first, trimmed to the frames a
-    /// person needs (Linux, with [`sample_stacks`](crate::Builder::sample_stacks),
-    /// when the stuck thread can be found: an instrumented task, a runtime
-    /// built with [`install_runtime_hooks`](crate::install_runtime_hooks), a
-    /// current-thread runtime, or a worker the heartbeat has run on).
-    pub backtrace: Option<String>,
-    /// Whether the stuck thread was running on a CPU (a CPU hog) rather than
-    /// waiting in the kernel (a blocking call, a lock, a sleep), when known.
-    pub cpu_bound: Option<bool>,
-    /// At an escalation: whether the stack changed since the last report
-    /// (`false`: stuck at the same place).
-    pub stack_moved: Option<bool>,
-    /// 0 for the first report of this stall, 1 at twice the threshold, 2 at
-    /// four times, and so on.
-    pub escalation: u32,
-}
-
-impl fmt::Display for StallReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "runtime {}: ", self.runtime)?;
-        match self.worker {
-            Some(w) => write!(f, "worker {w}")?,
-            None => f.write_str("a worker")?,
-        }
-        write!(f, " stalled for {:.1} s", self.stalled_for.as_secs_f64())?;
-        if let Some(task) = &self.task {
-            write!(f, " in task '{task}'")?;
-        }
-        if let Some(thread) = &self.thread {
-            write!(f, " on thread '{thread}'")?;
-        }
-        match self.cpu_bound {
-            Some(true) => f.write_str(" (on CPU)")?,
-            Some(false) => f.write_str(" (waiting, off CPU)")?,
-            None => {}
-        }
-        Ok(())
-    }
-}
+use super::runtimes::RuntimeRef;
+use crate::StallReport;
 
 /// Identity of one stall, stable from its start to its end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -84,8 +28,7 @@ pub(crate) enum StallKey {
 #[derive(Debug, Clone)]
 pub(crate) struct Candidate {
     pub(crate) key: StallKey,
-    pub(crate) runtime: Arc<str>,
-    pub(crate) runtime_serial: u64,
+    pub(crate) runtime: RuntimeRef,
     pub(crate) worker: Option<usize>,
     /// When the stall began (ns).
     pub(crate) since: u64,
@@ -98,7 +41,7 @@ pub(crate) struct Candidate {
 impl Candidate {
     pub(crate) fn report(&self, now: u64, escalation: u32) -> StallReport {
         StallReport {
-            runtime: self.runtime.to_string(),
+            runtime: self.runtime.name.to_string(),
             worker: self.worker,
             stalled_for: Duration::from_nanos(now.saturating_sub(self.since)),
             task: self.task.map(str::to_owned),
@@ -124,22 +67,16 @@ struct Active {
 /// What the state machine decided at one check.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// A stall flagged now (`escalation == 0`) or escalated.
+    /// A stall flagged now (`report.escalation == 0`) or escalated.
     Report {
         report: StallReport,
-        key: StallKey,
-        /// Kernel id of the stuck thread (0 = unknown).
-        os_tid: i64,
+        candidate: Candidate,
     },
     /// A report held back by the rate limit; `new` when it was a stall's first.
-    Suppressed { runtime: Arc<str>, new: bool },
+    Suppressed { runtime: RuntimeRef, new: bool },
     /// A stall that ended; `reported` when its first report went out.
     End {
-        key: StallKey,
-        runtime: Arc<str>,
-        runtime_serial: u64,
-        worker: Option<usize>,
-        task: Option<&'static str>,
+        candidate: Candidate,
         duration: Duration,
         reported: bool,
     },
@@ -149,29 +86,19 @@ pub(crate) enum Event {
 #[derive(Debug)]
 pub(crate) struct StallMachine {
     threshold_ns: u64,
-    max_per_minute: usize,
     active: HashMap<StallKey, Active>,
+    limit: RateLimit,
+}
+
+/// At most `max_per_minute` reports in any sliding minute.
+#[derive(Debug)]
+struct RateLimit {
+    max_per_minute: usize,
     /// Times (ns) of the reports sent in the last minute.
     sent: VecDeque<u64>,
 }
 
-const MINUTE_NS: u64 = 60_000_000_000;
-
-impl StallMachine {
-    pub(crate) fn new(threshold: Duration, max_per_minute: u32) -> Self {
-        StallMachine {
-            threshold_ns: crate::clock::nanos(threshold),
-            max_per_minute: max_per_minute as usize,
-            active: HashMap::new(),
-            sent: VecDeque::new(),
-        }
-    }
-
-    /// The stalls in progress.
-    pub(crate) fn active(&self) -> impl Iterator<Item = &Candidate> {
-        self.active.values().map(|a| &a.candidate)
-    }
-
+impl RateLimit {
     fn allow(&mut self, now: u64) -> bool {
         while self
             .sent
@@ -186,6 +113,26 @@ impl StallMachine {
         } else {
             false
         }
+    }
+}
+
+const MINUTE_NS: u64 = 60_000_000_000;
+
+impl StallMachine {
+    pub(crate) fn new(threshold: Duration, max_per_minute: u32) -> Self {
+        StallMachine {
+            threshold_ns: crate::clock::nanos(threshold),
+            active: HashMap::new(),
+            limit: RateLimit {
+                max_per_minute: max_per_minute as usize,
+                sent: VecDeque::new(),
+            },
+        }
+    }
+
+    /// The stalls in progress.
+    pub(crate) fn active(&self) -> impl Iterator<Item = &Candidate> {
+        self.active.values().map(|a| &a.candidate)
     }
 
     /// Feeds the stalls seen at this check; returns what to report.
@@ -208,17 +155,14 @@ impl StallMachine {
                         active.next_multiple = active.next_multiple.saturating_mul(2);
                     }
                     let report = active.candidate.report(now, active.escalation);
-                    let runtime = active.candidate.runtime.clone();
-                    let os_tid = active.candidate.os_tid;
-                    if self.allow(now) {
+                    if self.limit.allow(now) {
                         events.push(Event::Report {
                             report,
-                            key,
-                            os_tid,
+                            candidate: active.candidate.clone(),
                         });
                     } else {
                         events.push(Event::Suppressed {
-                            runtime,
+                            runtime: active.candidate.runtime.clone(),
                             new: false,
                         });
                     }
@@ -231,12 +175,11 @@ impl StallMachine {
             {
                 next_multiple *= 2;
             }
-            let reported = self.allow(now);
+            let reported = self.limit.allow(now);
             if reported {
                 events.push(Event::Report {
                     report: candidate.report(now, 0),
-                    key,
-                    os_tid: candidate.os_tid,
+                    candidate: candidate.clone(),
                 });
             } else {
                 events.push(Event::Suppressed {
@@ -264,12 +207,8 @@ impl StallMachine {
             if let Some(active) = self.active.remove(&key) {
                 let c = active.candidate;
                 events.push(Event::End {
-                    key,
                     duration: Duration::from_nanos(now.saturating_sub(c.since)),
-                    runtime: c.runtime,
-                    runtime_serial: c.runtime_serial,
-                    worker: c.worker,
-                    task: c.task,
+                    candidate: c,
                     reported: active.reported,
                 });
             }
@@ -291,8 +230,10 @@ mod tests {
                 worker: 0,
                 since,
             },
-            runtime: Arc::from("main"),
-            runtime_serial: 1,
+            runtime: RuntimeRef {
+                name: Arc::from("main"),
+                serial: 1,
+            },
             worker: Some(0),
             since,
             task: Some("job"),

@@ -1,0 +1,143 @@
+//! The name of every series loopwatch emits, for dashboards, alerts and
+//! tests that should not repeat string literals.
+//!
+//! Counters end in `_total`; units are in the name. Per-name series carry a
+//! `task` or `call` label (bounded by [`MAX_NAMES`](crate::MAX_NAMES)), the
+//! others a `runtime` label (the name given to
+//! [`watch_runtime`](crate::Watchdog::watch_runtime)), except where said.
+//!
+//! Most are recorded through the [`metrics`](https://docs.rs/metrics) facade
+//! by the watchdog thread. The duration histograms [`POLL_DURATION_SECONDS`]
+//! and [`CALL_DURATION_SECONDS`] are aggregated where they are recorded
+//! (exact count and sum) and, like the runtime and process series, rendered
+//! by the [`Exporter`](crate::Exporter) itself.
+//!
+//! ```
+//! assert_eq!(loopwatch::metric_names::STALLS_TOTAL, "loopwatch_stalls_total");
+//! assert!(loopwatch::metric_names::ALL.contains(&"process_cpu_seconds_total"));
+//! ```
+
+/// Stalls flagged (counter, `runtime`).
+pub const STALLS_TOTAL: &str = "loopwatch_stalls_total";
+/// Workers stalled now (gauge, `runtime`).
+pub const STALLED_WORKERS: &str = "loopwatch_stalled_workers";
+/// Length of each stall, observed when it ends (histogram, `runtime`).
+pub const STALL_DURATION_SECONDS: &str = "loopwatch_stall_duration_seconds";
+/// How late the heartbeat task ran: scheduling delay (histogram, `runtime`).
+pub const HEARTBEAT_LAG_SECONDS: &str = "loopwatch_heartbeat_lag_seconds";
+/// Unix time of the last heartbeat (gauge, `runtime`).
+pub const HEARTBEAT_TIMESTAMP_SECONDS: &str = "loopwatch_heartbeat_timestamp_seconds";
+/// Stall reports held back by the rate limit (counter, no label).
+pub const REPORTS_SUPPRESSED_TOTAL: &str = "loopwatch_reports_suppressed_total";
+/// Stalls whose stuck thread was on a CPU when first reported: a CPU hog
+/// rather than a blocking call (counter, `runtime`).
+pub const CPU_BOUND_STALLS_TOTAL: &str = "loopwatch_cpu_bound_stalls_total";
+/// Panics caught in the `on_stall` callback (counter, no label).
+pub const CALLBACK_PANICS_TOTAL: &str = "loopwatch_callback_panics_total";
+
+/// Tasks spawned through loopwatch (counter, `task`).
+pub const TASKS_SPAWNED_TOTAL: &str = "loopwatch_tasks_spawned_total";
+/// Tasks that completed, an `Ok` for fallible tasks (counter, `task`).
+pub const TASKS_COMPLETED_TOTAL: &str = "loopwatch_tasks_completed_total";
+/// Tasks that failed (counter, `task`, `reason` = `error` or `panic`).
+pub const TASKS_FAILED_TOTAL: &str = "loopwatch_tasks_failed_total";
+/// Tasks dropped or aborted before completing (counter, `task`).
+pub const TASKS_CANCELLED_TOTAL: &str = "loopwatch_tasks_cancelled_total";
+/// Tasks alive now (gauge, `task`).
+pub const TASKS_ALIVE: &str = "loopwatch_tasks_alive";
+/// Alive tasks not polled for the hung-task threshold (gauge, `task`).
+pub const TASKS_HUNG: &str = "loopwatch_tasks_hung";
+/// Polls that took the blocking threshold or longer (counter, `task`).
+pub const SLOW_POLLS_TOTAL: &str = "loopwatch_slow_polls_total";
+/// Poll durations of instrumented tasks and futures (histogram, `task`).
+pub const POLL_DURATION_SECONDS: &str = "loopwatch_poll_duration_seconds";
+/// Instrumented calls (counter, `call`, `outcome` = `ok`, `error` or `panic`).
+pub const CALLS_TOTAL: &str = "loopwatch_calls_total";
+/// Sync calls that ran the blocking threshold or longer on an async worker
+/// thread (counter, `call`).
+pub const BLOCKING_CALLS_TOTAL: &str = "loopwatch_blocking_calls_total";
+/// Calls that took the slow-call threshold or longer (counter, `call`).
+pub const SLOW_CALLS_TOTAL: &str = "loopwatch_slow_calls_total";
+/// Durations of instrumented calls (histogram, `call`).
+pub const CALL_DURATION_SECONDS: &str = "loopwatch_call_duration_seconds";
+
+/// Worker threads of a watched runtime (gauge, `runtime`).
+pub const RUNTIME_WORKERS: &str = "loopwatch_runtime_workers";
+/// Tasks alive in a watched runtime (gauge, `runtime`).
+pub const RUNTIME_ALIVE_TASKS: &str = "loopwatch_runtime_alive_tasks";
+/// Tasks waiting in a watched runtime's global queue (gauge, `runtime`).
+pub const RUNTIME_GLOBAL_QUEUE_DEPTH: &str = "loopwatch_runtime_global_queue_depth";
+/// Time the runtime's workers spent busy, summed over workers (counter, `runtime`).
+pub const RUNTIME_BUSY_SECONDS_TOTAL: &str = "loopwatch_runtime_busy_seconds_total";
+/// Times the runtime's workers parked, summed over workers (counter, `runtime`).
+pub const RUNTIME_PARKS_TOTAL: &str = "loopwatch_runtime_parks_total";
+/// Task polls, summed over workers; `--cfg tokio_unstable` only (counter, `runtime`).
+pub const RUNTIME_POLLS_TOTAL: &str = "loopwatch_runtime_polls_total";
+/// Tasks stolen between workers; `--cfg tokio_unstable` only (counter, `runtime`).
+pub const RUNTIME_STEALS_TOTAL: &str = "loopwatch_runtime_steals_total";
+/// Times a worker's local queue overflowed; `--cfg tokio_unstable` only (counter, `runtime`).
+pub const RUNTIME_OVERFLOWS_TOTAL: &str = "loopwatch_runtime_overflows_total";
+/// Tasks spawned on the runtime; `--cfg tokio_unstable` only (counter, `runtime`).
+pub const RUNTIME_SPAWNED_TASKS_TOTAL: &str = "loopwatch_runtime_spawned_tasks_total";
+/// Times tasks were forced to yield by the coop budget; `--cfg tokio_unstable`
+/// only (counter, `runtime`).
+pub const RUNTIME_BUDGET_FORCED_YIELDS_TOTAL: &str = "loopwatch_runtime_budget_forced_yields_total";
+/// Threads of the runtime's blocking pool; `--cfg tokio_unstable` only (gauge, `runtime`).
+pub const RUNTIME_BLOCKING_THREADS: &str = "loopwatch_runtime_blocking_threads";
+
+/// User and system CPU time of the process, in seconds (counter, no label).
+pub const PROCESS_CPU_SECONDS_TOTAL: &str = "process_cpu_seconds_total";
+/// Resident memory of the process (gauge, no label).
+pub const PROCESS_RESIDENT_MEMORY_BYTES: &str = "process_resident_memory_bytes";
+/// Virtual memory of the process (gauge, no label).
+pub const PROCESS_VIRTUAL_MEMORY_BYTES: &str = "process_virtual_memory_bytes";
+/// Open file descriptors (gauge, no label).
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+/// The process's limit of open file descriptors (gauge, no label).
+pub const PROCESS_MAX_FDS: &str = "process_max_fds";
+/// Threads of the process (gauge, no label).
+pub const PROCESS_THREADS: &str = "process_threads";
+/// Start time of the process, unix seconds (gauge, no label).
+pub const PROCESS_START_TIME_SECONDS: &str = "process_start_time_seconds";
+
+/// Every name above.
+pub const ALL: &[&str] = &[
+    STALLS_TOTAL,
+    STALLED_WORKERS,
+    STALL_DURATION_SECONDS,
+    HEARTBEAT_LAG_SECONDS,
+    HEARTBEAT_TIMESTAMP_SECONDS,
+    REPORTS_SUPPRESSED_TOTAL,
+    CPU_BOUND_STALLS_TOTAL,
+    CALLBACK_PANICS_TOTAL,
+    TASKS_SPAWNED_TOTAL,
+    TASKS_COMPLETED_TOTAL,
+    TASKS_FAILED_TOTAL,
+    TASKS_CANCELLED_TOTAL,
+    TASKS_ALIVE,
+    TASKS_HUNG,
+    SLOW_POLLS_TOTAL,
+    POLL_DURATION_SECONDS,
+    CALLS_TOTAL,
+    BLOCKING_CALLS_TOTAL,
+    SLOW_CALLS_TOTAL,
+    CALL_DURATION_SECONDS,
+    RUNTIME_WORKERS,
+    RUNTIME_ALIVE_TASKS,
+    RUNTIME_GLOBAL_QUEUE_DEPTH,
+    RUNTIME_BUSY_SECONDS_TOTAL,
+    RUNTIME_PARKS_TOTAL,
+    RUNTIME_POLLS_TOTAL,
+    RUNTIME_STEALS_TOTAL,
+    RUNTIME_OVERFLOWS_TOTAL,
+    RUNTIME_SPAWNED_TASKS_TOTAL,
+    RUNTIME_BUDGET_FORCED_YIELDS_TOTAL,
+    RUNTIME_BLOCKING_THREADS,
+    PROCESS_CPU_SECONDS_TOTAL,
+    PROCESS_RESIDENT_MEMORY_BYTES,
+    PROCESS_VIRTUAL_MEMORY_BYTES,
+    PROCESS_OPEN_FDS,
+    PROCESS_MAX_FDS,
+    PROCESS_THREADS,
+    PROCESS_START_TIME_SECONDS,
+];

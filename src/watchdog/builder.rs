@@ -1,0 +1,331 @@
+//! [`WatchdogBuilder`]: the watchdog's settings, their defaults and their checks.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::{Error, StallReport, Watchdog};
+
+pub(crate) type Callback = Arc<dyn Fn(&StallReport) + Send + Sync>;
+
+/// Settings, validated by [`WatchdogBuilder::start`].
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) stall_threshold: Duration,
+    pub(crate) blocking_threshold: Duration,
+    pub(crate) slow_call_threshold: Duration,
+    pub(crate) hung_task_threshold: Duration,
+    pub(crate) check_interval: Duration,
+    pub(crate) max_reports_per_minute: u32,
+    pub(crate) sample_stacks: bool,
+    pub(crate) resident_memory_limit: Option<u64>,
+    pub(crate) recent_stalls: usize,
+    pub(crate) stack_signal: Option<i32>,
+    pub(crate) full_stacks: bool,
+    pub(crate) on_stall: Option<Callback>,
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("stall_threshold", &self.stall_threshold)
+            .field("blocking_threshold", &self.blocking_threshold)
+            .field("slow_call_threshold", &self.slow_call_threshold)
+            .field("hung_task_threshold", &self.hung_task_threshold)
+            .field("check_interval", &self.check_interval)
+            .field("max_reports_per_minute", &self.max_reports_per_minute)
+            .field("sample_stacks", &self.sample_stacks)
+            .field("resident_memory_limit", &self.resident_memory_limit)
+            .field("recent_stalls", &self.recent_stalls)
+            .field("stack_signal", &self.stack_signal)
+            .field("full_stacks", &self.full_stacks)
+            .field(
+                "on_stall",
+                &self.on_stall.as_ref().map(|_| "Fn(&StallReport)"),
+            )
+            .finish()
+    }
+}
+
+/// Configures and starts a [`Watchdog`]. Made by [`Watchdog::builder`].
+///
+/// Every setting has a default (the `DEFAULT_*` constants of [`Watchdog`]);
+/// [`start`](WatchdogBuilder::start) checks them all together.
+///
+/// ```
+/// use std::time::Duration;
+///
+/// # fn main() -> Result<(), loopwatch::Error> {
+/// let watchdog = loopwatch::Watchdog::builder()
+///     .stall_threshold(Duration::from_secs(2))
+///     .check_interval(Duration::from_millis(50))
+///     .on_stall(|report| eprintln!("stall: {report}"))
+///     .start()?;
+/// # watchdog.shutdown();
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+#[must_use = "a builder does nothing until `start()` is called"]
+pub struct WatchdogBuilder {
+    config: Config,
+}
+
+impl Default for WatchdogBuilder {
+    fn default() -> Self {
+        WatchdogBuilder {
+            config: Config {
+                stall_threshold: Watchdog::DEFAULT_STALL_THRESHOLD,
+                blocking_threshold: Watchdog::DEFAULT_BLOCKING_THRESHOLD,
+                slow_call_threshold: Watchdog::DEFAULT_SLOW_CALL_THRESHOLD,
+                hung_task_threshold: Watchdog::DEFAULT_HUNG_TASK_THRESHOLD,
+                check_interval: Watchdog::DEFAULT_CHECK_INTERVAL,
+                max_reports_per_minute: Watchdog::DEFAULT_MAX_REPORTS_PER_MINUTE,
+                sample_stacks: true,
+                resident_memory_limit: None,
+                recent_stalls: Watchdog::DEFAULT_RECENT_STALLS,
+                stack_signal: None,
+                full_stacks: false,
+                on_stall: None,
+            },
+        }
+    }
+}
+
+impl WatchdogBuilder {
+    /// A worker stuck this long in one poll is stalled.
+    /// Default: [`Watchdog::DEFAULT_STALL_THRESHOLD`] (5 s).
+    pub fn stall_threshold(mut self, threshold: Duration) -> Self {
+        self.config.stall_threshold = threshold;
+        self
+    }
+
+    /// A poll or sync call this long on an async worker thread is blocking.
+    /// Must be shorter than the stall threshold.
+    /// Default: [`Watchdog::DEFAULT_BLOCKING_THRESHOLD`] (100 ms).
+    pub fn blocking_threshold(mut self, threshold: Duration) -> Self {
+        self.config.blocking_threshold = threshold;
+        self
+    }
+
+    /// An instrumented call this long is slow.
+    /// Default: [`Watchdog::DEFAULT_SLOW_CALL_THRESHOLD`] (2 s).
+    pub fn slow_call_threshold(mut self, threshold: Duration) -> Self {
+        self.config.slow_call_threshold = threshold;
+        self
+    }
+
+    /// A live task not polled for this long is hung. Live tasks are scanned
+    /// every tenth of it (at most every 10 s), so a hung task shows within
+    /// the threshold plus a tenth.
+    /// Default: [`Watchdog::DEFAULT_HUNG_TASK_THRESHOLD`] (60 s).
+    pub fn hung_task_threshold(mut self, threshold: Duration) -> Self {
+        self.config.hung_task_threshold = threshold;
+        self
+    }
+
+    /// How often the watchdog thread looks. A stall is flagged no later than
+    /// `stall_threshold + check_interval` after it began (plus scheduling
+    /// noise). Must be at least 1 ms and shorter than the stall threshold.
+    /// Default: [`Watchdog::DEFAULT_CHECK_INTERVAL`] (100 ms).
+    pub fn check_interval(mut self, interval: Duration) -> Self {
+        self.config.check_interval = interval;
+        self
+    }
+
+    /// The most stall reports (first reports and escalations, in logs and to
+    /// the callback) sent per minute; the rest are counted in
+    /// `loopwatch_reports_suppressed_total`. Stalls are still counted and
+    /// shown in [`Health`](crate::Health). Default: [`Watchdog::DEFAULT_MAX_REPORTS_PER_MINUTE`] (10).
+    pub fn max_reports_per_minute(mut self, max: u32) -> Self {
+        self.config.max_reports_per_minute = max;
+        self
+    }
+
+    /// Whether the watchdog may take a stuck thread's stack by sending it a
+    /// real-time signal (Linux: `SIGRTMIN + 6`, handled by loopwatch; not
+    /// installed if the application handles that signal). The stack goes
+    /// into the stall report ([`StallReport::backtrace`]); it is also how a
+    /// current-thread runtime stuck in a poll is told from one that nobody
+    /// drives, and how the stuck worker of a runtime known only by its
+    /// handle is found. Default: `true`. Without it, reports carry no stack,
+    /// and a current-thread runtime left undriven after being driven is
+    /// reported as stalled.
+    pub fn sample_stacks(mut self, enabled: bool) -> Self {
+        self.config.sample_stacks = enabled;
+        self
+    }
+
+    /// The real-time signal used to take stacks (Linux), if `SIGRTMIN + 6`
+    /// is taken by something else in the process: a number between
+    /// `SIGRTMIN` and `SIGRTMAX`. The first watchdog's choice holds for the
+    /// process (the handler is installed once).
+    pub fn stack_signal(mut self, signal: i32) -> Self {
+        self.config.stack_signal = Some(signal);
+        self
+    }
+
+    /// Whether stall reports carry the whole stack of the stuck thread. By
+    /// default the frames of the signal handler (at the top) and of tokio's
+    /// scheduler (at the bottom) are left out. Default: `false`.
+    pub fn full_stacks(mut self, full: bool) -> Self {
+        self.config.full_stacks = full;
+        self
+    }
+
+    /// How many of the last reported stalls [`Health::recent_stalls`](crate::Health::recent_stalls) keeps,
+    /// with their stacks, for an operator who arrives after the fact.
+    /// Default: [`Watchdog::DEFAULT_RECENT_STALLS`] (10).
+    pub fn recent_stalls(mut self, count: usize) -> Self {
+        self.config.recent_stalls = count;
+        self
+    }
+
+    /// Resident memory (bytes) above which [`Health`](crate::Health) is `degraded`, with an
+    /// issue line. Default: none. Health is also degraded when open file
+    /// descriptors reach 90 % of the process's limit.
+    pub fn resident_memory_limit(mut self, bytes: u64) -> Self {
+        self.config.resident_memory_limit = Some(bytes);
+        self
+    }
+
+    /// Called on the watchdog thread when a stall is first flagged and again
+    /// at each escalation (2x, 4x, ... the threshold). A panic in it is
+    /// caught, logged and counted (`loopwatch_callback_panics_total`); the
+    /// watchdog goes on. Keep it short: the watchdog waits for it. Do not
+    /// move a clone of the [`Watchdog`] into it: the watchdog would then keep
+    /// itself alive and stop only on an explicit [`Watchdog::shutdown`].
+    pub fn on_stall<F>(mut self, callback: F) -> Self
+    where
+        F: Fn(&StallReport) + Send + Sync + 'static,
+    {
+        self.config.on_stall = Some(Arc::new(callback));
+        self
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let c = &self.config;
+        let durations = [
+            (
+                "stall_threshold",
+                c.stall_threshold,
+                "Duration::from_secs(5)",
+            ),
+            (
+                "blocking_threshold",
+                c.blocking_threshold,
+                "Duration::from_millis(100)",
+            ),
+            (
+                "slow_call_threshold",
+                c.slow_call_threshold,
+                "Duration::from_secs(2)",
+            ),
+            (
+                "hung_task_threshold",
+                c.hung_task_threshold,
+                "Duration::from_secs(60)",
+            ),
+            (
+                "check_interval",
+                c.check_interval,
+                "Duration::from_millis(100)",
+            ),
+        ];
+        for (setting, value, example) in durations {
+            if value.is_zero() {
+                return Err(Error::ZeroDuration { setting, example });
+            }
+            if value > Watchdog::MAX_DURATION {
+                return Err(Error::DurationTooLarge {
+                    setting,
+                    value,
+                    max: Watchdog::MAX_DURATION,
+                });
+            }
+        }
+        if c.check_interval < Watchdog::MIN_CHECK_INTERVAL {
+            return Err(Error::CheckIntervalTooShort {
+                value: c.check_interval,
+                min: Watchdog::MIN_CHECK_INTERVAL,
+            });
+        }
+        let pairs = [
+            (
+                "check_interval",
+                c.check_interval,
+                "stall_threshold",
+                c.stall_threshold,
+                "the watchdog must look several times per threshold to flag a stall in time; lower check_interval or raise stall_threshold",
+            ),
+            (
+                "blocking_threshold",
+                c.blocking_threshold,
+                "stall_threshold",
+                c.stall_threshold,
+                "a stall is a poll that blocks for much longer than a blocking poll; lower blocking_threshold or raise stall_threshold",
+            ),
+            (
+                "check_interval",
+                c.check_interval,
+                "hung_task_threshold",
+                c.hung_task_threshold,
+                "the watchdog must look at least once per hung-task threshold; lower check_interval or raise hung_task_threshold",
+            ),
+        ];
+        for (smaller, smaller_value, larger, larger_value, hint) in pairs {
+            if smaller_value >= larger_value {
+                return Err(Error::Inconsistent {
+                    smaller,
+                    smaller_value,
+                    larger,
+                    larger_value,
+                    hint,
+                });
+            }
+        }
+        if c.max_reports_per_minute == 0 {
+            return Err(Error::ZeroReportRate);
+        }
+        if let Some(signal) = c.stack_signal {
+            if !valid_realtime_signal(signal) {
+                return Err(Error::InvalidSetting {
+                    setting: "stack_signal",
+                    reason: "must be a real-time signal, between SIGRTMIN and SIGRTMAX",
+                });
+            }
+        }
+        if c.resident_memory_limit == Some(0) {
+            return Err(Error::InvalidSetting {
+                setting: "resident_memory_limit",
+                reason: "must be greater than zero; leave it unset for no limit",
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks the settings and starts the watchdog thread (`loopwatch-watchdog`).
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::ZeroDuration`], [`Error::DurationTooLarge`],
+    ///   [`Error::CheckIntervalTooShort`], [`Error::Inconsistent`],
+    ///   [`Error::ZeroReportRate`], [`Error::InvalidSetting`]: a setting
+    ///   cannot work; the message says which and what to change.
+    /// - [`Error::AlreadyRunning`]: another watchdog runs in this process.
+    ///   Share the first one (it is `Clone`) or shut it down first.
+    /// - [`Error::Thread`]: the OS refused to start the thread.
+    pub fn start(self) -> Result<Watchdog, Error> {
+        self.validate()?;
+        Watchdog::launch(self.config)
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn valid_realtime_signal(signal: i32) -> bool {
+    (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn valid_realtime_signal(_signal: i32) -> bool {
+    true
+}

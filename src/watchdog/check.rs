@@ -1,0 +1,184 @@
+//! The check loop: what the watchdog thread does every `check_interval`.
+//!
+//! Each check keeps the runtime set in step with `watch_runtime`, runs
+//! detection on every runtime, feeds what it found to the stall machine,
+//! hands each resulting event to the evidence collector, the recent-stalls
+//! ring and the reporter, reads the application's activity when due, and
+//! publishes one health snapshot. Each of those is a type of its own; this
+//! file only orders them.
+
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use super::activity::Activity;
+use super::builder::Config;
+use super::detect::Thresholds;
+use super::evidence::EvidenceCollector;
+use super::handle::Shared;
+use super::recent::RecentStalls;
+use super::report::Reporter;
+use super::runtimes::{RuntimeRef, RuntimeSet};
+use super::snapshot::{self, Inputs};
+use super::stall::{Candidate, Event, StallMachine};
+use crate::clock::{nanos, now_ns};
+use crate::instrument::slot;
+
+/// The watchdog thread's state.
+#[derive(Debug)]
+pub(crate) struct Checker {
+    shared: Arc<Shared>,
+    thresholds: Thresholds,
+    /// How often each runtime's heartbeat task is woken (ns).
+    heartbeat_ns: u64,
+    runtimes: RuntimeSet,
+    stalls: StallMachine,
+    evidence: EvidenceCollector,
+    recent: RecentStalls,
+    reporter: Reporter,
+    activity: Activity,
+}
+
+/// Runs checks until the handle drops the sender (shutdown), which ends the
+/// wait at once.
+pub(crate) fn run(mut checker: Checker, stop: &mpsc::Receiver<()>) {
+    let interval = checker.shared.config.check_interval;
+    tracing::debug!(target: "loopwatch", config = ?checker.shared.config, "watchdog started");
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
+        checker.check();
+    }
+    tracing::debug!(target: "loopwatch", "watchdog stopped");
+}
+
+/// How often the heartbeat task of each runtime is woken: a tenth of the
+/// stall threshold, at least every check and at most every second. Each wake
+/// is a cross-thread wake-up, the largest part of a check's cost per runtime.
+fn heartbeat_interval(config: &Config) -> Duration {
+    let floor = config.check_interval;
+    (config.stall_threshold / 10).clamp(floor, floor.max(Duration::from_secs(1)))
+}
+
+impl Checker {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        let config = &shared.config;
+        Checker {
+            thresholds: Thresholds {
+                stall_ns: nanos(config.stall_threshold),
+                check_ns: nanos(config.check_interval),
+                sample_stacks: config.sample_stacks,
+            },
+            heartbeat_ns: nanos(heartbeat_interval(config)),
+            runtimes: RuntimeSet::default(),
+            stalls: StallMachine::new(config.stall_threshold, config.max_reports_per_minute),
+            evidence: EvidenceCollector::new(config.sample_stacks, config.full_stacks),
+            recent: RecentStalls::new(config.recent_stalls),
+            reporter: Reporter::new(shared.clone()),
+            activity: Activity::new(config),
+            shared,
+        }
+    }
+
+    /// One check.
+    pub(crate) fn check(&mut self) {
+        let gone = self.runtimes.sync(&mut self.shared.runtimes.lock());
+        for runtime in &gone {
+            self.reporter.runtime_gone(runtime);
+        }
+        let now = now_ns();
+        let seen = self.detect(now);
+        for event in self.stalls.update(now, seen) {
+            self.handle(event, &gone);
+        }
+        if self.activity.tick(now) {
+            *self.shared.process.lock() = self.activity.process();
+        }
+        self.publish(now);
+    }
+
+    /// Samples every runtime, finds its stalls, and wakes its heartbeat when due.
+    fn detect(&mut self, now: u64) -> Vec<Candidate> {
+        let slots = slot::snapshot();
+        let mut seen = Vec::new();
+        for watched in self.runtimes.iter_mut() {
+            let monitor = &mut watched.monitor;
+            monitor.sample(now);
+            seen.extend(monitor.detect(now, &slots, self.thresholds));
+            if now.saturating_sub(monitor.last_poke) >= self.heartbeat_ns {
+                monitor.last_poke = now;
+                monitor.entry.beat.poke(now);
+            }
+        }
+        seen
+    }
+
+    fn handle(&mut self, event: Event, gone: &[RuntimeRef]) {
+        match event {
+            Event::Report {
+                mut report,
+                candidate,
+            } => {
+                let serial = candidate.runtime.serial;
+                let monitor = self.runtimes.get(serial).map(|w| &w.monitor);
+                self.evidence.add(&mut report, &candidate, monitor);
+                if report.escalation == 0 {
+                    if let Some(watched) = self.runtimes.get_mut(serial) {
+                        watched.history.stalls += 1;
+                    }
+                }
+                self.recent.record(candidate.key, &report);
+                self.reporter.report(&report);
+            }
+            Event::Suppressed { runtime, new } => {
+                if new {
+                    if let Some(watched) = self.runtimes.get_mut(runtime.serial) {
+                        watched.history.stalls += 1;
+                    }
+                }
+                self.reporter.suppressed(&runtime, new);
+            }
+            Event::End {
+                candidate,
+                duration,
+                reported,
+            } => {
+                self.evidence.forget(candidate.key);
+                // Stalls of runtimes that shut down are not counted as ended stalls.
+                if gone.contains(&candidate.runtime) {
+                    self.reporter.stall_abandoned(&candidate.runtime, reported);
+                    return;
+                }
+                self.recent.ended(candidate.key, duration);
+                if let Some(watched) = self.runtimes.get_mut(candidate.runtime.serial) {
+                    watched.history.last_stall_ns = Some(nanos(duration));
+                    watched.history.last_stall_end = now_ns();
+                }
+                self.reporter.ended(
+                    &candidate.runtime,
+                    candidate.worker,
+                    candidate.task,
+                    duration,
+                    reported,
+                );
+            }
+        }
+    }
+
+    /// Updates the per-runtime gauges and replaces the health snapshot.
+    fn publish(&mut self, now: u64) {
+        let active: Vec<&Candidate> = self.stalls.active().collect();
+        for watched in self.runtimes.iter_mut() {
+            let serial = watched.monitor.entry.serial;
+            let stalled = active.iter().filter(|c| c.runtime.serial == serial).count();
+            self.reporter.runtime_gauges(watched, stalled, now);
+        }
+        let health = snapshot::assemble(Inputs {
+            now,
+            config: &self.shared.config,
+            runtimes: &self.runtimes,
+            stalls: &active,
+            activity: self.activity.summary(),
+            process: self.activity.process(),
+            recent_stalls: self.recent.newest_first(),
+        });
+        *self.shared.health.lock() = Arc::new(health);
+    }
+}

@@ -1,0 +1,300 @@
+//! [`Watchdog`]: the handle the application keeps, and the state it shares
+//! with the watchdog thread.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::runtime::Handle;
+
+use super::builder::Config;
+use super::process::ProcessStats;
+use super::runtimes::{validate_name, RuntimeEntry, RuntimeSample};
+use super::{check, heartbeat, publish, WatchdogBuilder};
+use crate::instrument::settings::SETTINGS;
+use crate::{Error, Health};
+
+/// Only one watchdog runs per process.
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// State shared by the handles and the watchdog thread.
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    /// The runtimes handed to `watch_runtime`; the watchdog thread syncs
+    /// its own list from this one at every check.
+    pub(crate) runtimes: Mutex<Vec<Arc<RuntimeEntry>>>,
+    /// The last health snapshot, replaced whole at every check.
+    pub(crate) health: Mutex<Arc<Health>>,
+    /// The process's resources as last read (once a second), for health
+    /// and for the exporter.
+    pub(crate) process: Mutex<ProcessStats>,
+    next_serial: AtomicU64,
+    pub(crate) callback_panics: AtomicU64,
+    stopped: AtomicBool,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    shared: Arc<Shared>,
+    stop: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+}
+
+impl Inner {
+    fn stop(&self) {
+        let Some((tx, thread)) = self.stop.lock().take() else {
+            return;
+        };
+        self.shared.stopped.store(true, Relaxed);
+        drop(tx);
+        if thread.thread().id() != std::thread::current().id() {
+            let _ = thread.join();
+        }
+        SETTINGS.reset();
+        RUNNING.store(false, Relaxed);
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The process's watchdog: a thread of its own that watches tokio runtimes
+/// and flags a worker stuck in one poll while it is stuck.
+///
+/// `Watchdog` is a cheap `Clone` handle. The thread stops when
+/// [`shutdown`](Watchdog::shutdown) is called or the last handle is dropped,
+/// within one check interval. One watchdog runs per process at a time.
+///
+/// ```no_run
+/// # async fn serve() {}
+/// #[tokio::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     let watchdog = loopwatch::Watchdog::builder().start()?;
+///     watchdog.watch_runtime("main", &tokio::runtime::Handle::current())?;
+///     serve().await;
+///     Ok(())
+/// }
+/// ```
+#[derive(Clone)]
+#[must_use = "dropping the last handle of a watchdog stops it; keep it for as long as the application runs"]
+pub struct Watchdog {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Watchdog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watchdog")
+            .field("config", &self.inner.shared.config)
+            .field("running", &!self.inner.shared.stopped.load(Relaxed))
+            .finish()
+    }
+}
+
+impl Watchdog {
+    /// Default [`WatchdogBuilder::stall_threshold`]: 5 s.
+    pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_secs(5);
+    /// Default [`WatchdogBuilder::blocking_threshold`]: 100 ms.
+    pub const DEFAULT_BLOCKING_THRESHOLD: Duration = Duration::from_millis(100);
+    /// Default [`WatchdogBuilder::slow_call_threshold`]: 2 s.
+    pub const DEFAULT_SLOW_CALL_THRESHOLD: Duration = Duration::from_secs(2);
+    /// Default [`WatchdogBuilder::hung_task_threshold`]: 60 s.
+    pub const DEFAULT_HUNG_TASK_THRESHOLD: Duration = Duration::from_secs(60);
+    /// Default [`WatchdogBuilder::check_interval`]: 100 ms.
+    pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(100);
+    /// Default [`WatchdogBuilder::recent_stalls`]: 10.
+    pub const DEFAULT_RECENT_STALLS: usize = 10;
+    /// Default [`WatchdogBuilder::max_reports_per_minute`]: 10.
+    pub const DEFAULT_MAX_REPORTS_PER_MINUTE: u32 = 10;
+    /// Smallest [`WatchdogBuilder::check_interval`] accepted: 1 ms.
+    pub const MIN_CHECK_INTERVAL: Duration = Duration::from_millis(1);
+    /// Largest duration accepted for any setting: 30 days.
+    pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+    /// Longest runtime name accepted by [`watch_runtime`](Watchdog::watch_runtime).
+    pub const MAX_NAME_LEN: usize = 128;
+
+    /// Starts configuring a watchdog.
+    pub fn builder() -> WatchdogBuilder {
+        WatchdogBuilder::default()
+    }
+
+    /// Starts the watchdog thread with validated settings.
+    pub(super) fn launch(config: Config) -> Result<Watchdog, Error> {
+        if RUNNING
+            .compare_exchange(false, true, Relaxed, Relaxed)
+            .is_err()
+        {
+            return Err(Error::AlreadyRunning);
+        }
+        publish::describe_all();
+        SETTINGS.apply(config.blocking_threshold, config.slow_call_threshold);
+        let shared = Arc::new(Shared {
+            config,
+            runtimes: Mutex::new(Vec::new()),
+            health: Mutex::new(Arc::new(Health::default())),
+            process: Mutex::new(ProcessStats::default()),
+            next_serial: AtomicU64::new(1),
+            callback_panics: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
+        });
+        if let Some(signal) = shared.config.stack_signal {
+            crate::stack::choose_signal(signal);
+        }
+        if shared.config.sample_stacks {
+            // Load the symbol tables before a stall needs them (once per process).
+            let _ = std::thread::Builder::new()
+                .name("loopwatch-symbols".into())
+                .spawn(crate::stack::warm_up);
+        }
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let thread_shared = shared.clone();
+        // The first check runs before `start()` returns, so that `health()`
+        // has the tasks, calls and process figures from the start.
+        let mut checker = check::Checker::new(thread_shared);
+        checker.check();
+        let thread = std::thread::Builder::new()
+            .name("loopwatch-watchdog".into())
+            .spawn(move || check::run(checker, &stop_rx))
+            .map_err(|e| {
+                SETTINGS.reset();
+                RUNNING.store(false, Relaxed);
+                Error::Thread(e)
+            })?;
+        Ok(Watchdog {
+            inner: Arc::new(Inner {
+                shared,
+                stop: Mutex::new(Some((stop_tx, thread))),
+            }),
+        })
+    }
+
+    /// Watches a runtime under `name`: its workers are checked at every
+    /// interval, and a small heartbeat task is spawned on it (it shows in
+    /// tokio's alive-task count). Works for multi-thread and current-thread
+    /// runtimes, including the one `#[tokio::main]` made
+    /// (`Handle::current()`). A runtime that shuts down leaves the watch list
+    /// by itself, without a stall.
+    ///
+    /// # Errors
+    ///
+    /// - [`Error::InvalidName`]: `name` is empty, longer than
+    ///   [`MAX_NAME_LEN`](Watchdog::MAX_NAME_LEN) bytes, or has control characters.
+    /// - [`Error::DuplicateRuntime`]: a runtime is already watched under `name`.
+    /// - [`Error::RuntimeShutDown`]: the runtime has already shut down.
+    /// - [`Error::ShutDown`]: this watchdog has been shut down.
+    pub fn watch_runtime(&self, name: &str, handle: &Handle) -> Result<(), Error> {
+        let shared = &self.inner.shared;
+        validate_name(name)?;
+        let mut runtimes = shared.runtimes.lock();
+        if shared.stopped.load(Relaxed) {
+            return Err(Error::ShutDown);
+        }
+        if runtimes
+            .iter()
+            .any(|r| &*r.name == name && r.beat.view().alive)
+        {
+            return Err(Error::DuplicateRuntime { name: name.into() });
+        }
+        runtimes.retain(|r| &*r.name != name);
+        let beat = heartbeat::Beat::new();
+        drop(handle.spawn(heartbeat::Heartbeat::new(beat.clone())));
+        if !beat.view().alive {
+            return Err(Error::RuntimeShutDown { name: name.into() });
+        }
+        let watched_from_inside = Handle::try_current().is_ok_and(|h| h.id() == handle.id());
+        if watched_from_inside {
+            beat.set_driver_to_current_thread();
+        }
+        runtimes.push(Arc::new(RuntimeEntry {
+            name: Arc::from(name),
+            serial: shared.next_serial.fetch_add(1, Relaxed),
+            handle: handle.clone(),
+            beat,
+            watched_at: crate::clock::now_ns(),
+            watched_from_inside,
+        }));
+        Ok(())
+    }
+
+    /// A snapshot of the watched runtimes' state, refreshed at every check.
+    /// Serialize it with serde for the JSON of `/health`.
+    ///
+    /// The status is `stalled` while any worker is stalled; after a stall it
+    /// is `degraded` for a minute (the stall shows in `issues`), then
+    /// `healthy` again.
+    pub fn health(&self) -> Health {
+        Health::clone(&self.inner.shared.health.lock())
+    }
+
+    /// Stops the watchdog thread and waits for it (at most about one check
+    /// interval). Every clone of this handle stops watching. Calling it again
+    /// does nothing. Afterwards a new watchdog may be started.
+    pub fn shutdown(&self) {
+        self.inner.stop();
+    }
+
+    /// Whether the watchdog thread is running.
+    pub fn is_running(&self) -> bool {
+        !self.inner.shared.stopped.load(Relaxed)
+    }
+
+    /// Panics caught in the [`on_stall`](WatchdogBuilder::on_stall) callback so far.
+    pub fn callback_panics(&self) -> u64 {
+        self.inner.shared.callback_panics.load(Relaxed)
+    }
+
+    /// The stall threshold in force.
+    pub fn stall_threshold(&self) -> Duration {
+        self.inner.shared.config.stall_threshold
+    }
+
+    /// The blocking threshold in force.
+    pub fn blocking_threshold(&self) -> Duration {
+        self.inner.shared.config.blocking_threshold
+    }
+
+    /// The slow-call threshold in force.
+    pub fn slow_call_threshold(&self) -> Duration {
+        self.inner.shared.config.slow_call_threshold
+    }
+
+    /// The hung-task threshold in force.
+    pub fn hung_task_threshold(&self) -> Duration {
+        self.inner.shared.config.hung_task_threshold
+    }
+
+    /// The check interval in force.
+    pub fn check_interval(&self) -> Duration {
+        self.inner.shared.config.check_interval
+    }
+}
+
+impl Watchdog {
+    /// Reads tokio's metrics of every watched runtime now (any thread).
+    #[cfg_attr(not(feature = "exporter"), allow(dead_code))]
+    pub(crate) fn runtime_samples(&self) -> Vec<RuntimeSample> {
+        let entries: Vec<Arc<RuntimeEntry>> = self.inner.shared.runtimes.lock().clone();
+        entries
+            .iter()
+            .filter(|e| e.beat.view().alive)
+            .map(|e| RuntimeSample::read(e))
+            .collect()
+    }
+
+    /// The process's resources as the watchdog last read them.
+    #[cfg_attr(not(feature = "exporter"), allow(dead_code))]
+    pub(crate) fn process_stats(&self) -> ProcessStats {
+        *self.inner.shared.process.lock()
+    }
+}

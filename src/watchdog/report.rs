@@ -1,0 +1,225 @@
+//! Stall reports: what a report says ([`StallReport`]) and where it goes
+//! ([`Reporter`]: the `tracing` log, the metrics, the `on_stall` callback).
+
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use super::handle::Shared;
+use super::publish;
+use super::runtimes::{RuntimeRef, Watched};
+use crate::clock::unix_seconds;
+
+/// What loopwatch knows about a stall, handed to the
+/// [`on_stall`](crate::WatchdogBuilder::on_stall) callback when the stall is first
+/// flagged and again at each escalation (2x, 4x, ... the stall threshold).
+///
+/// Its `Display` form is the one-line summary used in logs and in
+/// [`Health::issues`](crate::Health::issues). It serializes (serde) with
+/// `stalled_for` as `stalled_for_seconds`, a number of seconds.
+///
+/// ```
+/// # fn main() -> Result<(), loopwatch::Error> {
+/// let watchdog = loopwatch::Watchdog::builder()
+///     .on_stall(|report: &loopwatch::StallReport| {
+///         let json = serde_json::to_string(report).unwrap_or_default();
+///         eprintln!("stall: {report}\n{json}");
+///     })
+///     .start()?;
+/// # watchdog.shutdown();
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct StallReport {
+    /// The name the runtime was watched under.
+    pub runtime: String,
+    /// The stuck worker's index, when known.
+    pub worker: Option<usize>,
+    /// How long the worker has been stuck in one poll so far.
+    #[serde(rename = "stalled_for_seconds", serialize_with = "as_seconds")]
+    pub stalled_for: Duration,
+    /// The task it is stuck in, when that task is instrumented
+    /// ([`WatchExt::watched`](crate::WatchExt::watched)).
+    pub task: Option<String>,
+    /// The stuck thread's name, when known.
+    pub thread: Option<String>,
+    /// The stuck thread's stack, innermost first, trimmed to the frames a
+    /// person needs (Linux, with [`sample_stacks`](crate::WatchdogBuilder::sample_stacks),
+    /// when the stuck thread can be found: an instrumented task, a runtime
+    /// built with [`install_runtime_hooks`](crate::install_runtime_hooks), a
+    /// current-thread runtime, or a worker the heartbeat has run on).
+    pub backtrace: Option<String>,
+    /// Whether the stuck thread was running on a CPU (a CPU hog) rather than
+    /// waiting in the kernel (a blocking call, a lock, a sleep), when known.
+    pub cpu_bound: Option<bool>,
+    /// At an escalation: whether the stack changed since the last report
+    /// (`false`: stuck at the same place).
+    pub stack_moved: Option<bool>,
+    /// 0 for the first report of this stall, 1 at twice the threshold, 2 at
+    /// four times, and so on.
+    pub escalation: u32,
+}
+
+impl fmt::Display for StallReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "runtime {}: ", self.runtime)?;
+        match self.worker {
+            Some(w) => write!(f, "worker {w}")?,
+            None => f.write_str("a worker")?,
+        }
+        write!(f, " stalled for {:.1} s", self.stalled_for.as_secs_f64())?;
+        if let Some(task) = &self.task {
+            write!(f, " in task '{task}'")?;
+        }
+        if let Some(thread) = &self.thread {
+            write!(f, " on thread '{thread}'")?;
+        }
+        match self.cpu_bound {
+            Some(true) => f.write_str(" (on CPU)")?,
+            Some(false) => f.write_str(" (waiting, off CPU)")?,
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+fn as_seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+/// Sends stall reports and stall ends to the log, the metrics and the
+/// callback.
+pub(crate) struct Reporter {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reporter").finish_non_exhaustive()
+    }
+}
+
+impl Reporter {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Reporter { shared }
+    }
+
+    /// A stall flagged now (`escalation == 0`) or escalated.
+    pub(crate) fn report(&self, report: &StallReport) {
+        if report.escalation == 0 {
+            publish::stall_flagged(&report.runtime);
+            if report.cpu_bound == Some(true) {
+                publish::stall_on_cpu(&report.runtime);
+            }
+            tracing::warn!(
+                target: "loopwatch",
+                runtime = %report.runtime,
+                worker = report.worker,
+                stalled_for_seconds = report.stalled_for.as_secs_f64(),
+                task = report.task.as_deref(),
+                thread = report.thread.as_deref(),
+                cpu_bound = report.cpu_bound,
+                "stall: {report}{}",
+                report.backtrace.as_deref().map_or(String::new(), |b| format!("\nstack of the stuck thread:\n{b}"))
+            );
+        } else {
+            tracing::warn!(
+                target: "loopwatch",
+                runtime = %report.runtime,
+                worker = report.worker,
+                stalled_for_seconds = report.stalled_for.as_secs_f64(),
+                task = report.task.as_deref(),
+                thread = report.thread.as_deref(),
+                escalation = report.escalation,
+                cpu_bound = report.cpu_bound,
+                stack_moved = report.stack_moved,
+                "stall continues: {report}{}",
+                match report.stack_moved {
+                    Some(false) => "; stuck at the same place",
+                    Some(true) => "; the stack moved since the last report",
+                    None => "",
+                }
+            );
+        }
+        self.callback(report);
+    }
+
+    /// A report held back by the rate limit; `new` when it was a stall's first.
+    pub(crate) fn suppressed(&self, runtime: &RuntimeRef, new: bool) {
+        if new {
+            publish::stall_flagged(&runtime.name);
+        }
+        publish::report_suppressed();
+    }
+
+    /// A stall that ended.
+    pub(crate) fn ended(
+        &self,
+        runtime: &RuntimeRef,
+        worker: Option<usize>,
+        task: Option<&str>,
+        duration: Duration,
+        reported: bool,
+    ) {
+        publish::stall_ended(&runtime.name, duration);
+        if reported {
+            tracing::info!(
+                target: "loopwatch",
+                runtime = %runtime.name,
+                worker,
+                task,
+                duration_seconds = duration.as_secs_f64(),
+                "stall ended after {:.1} s",
+                duration.as_secs_f64()
+            );
+        }
+    }
+
+    /// A runtime shut down.
+    pub(crate) fn runtime_gone(&self, runtime: &RuntimeRef) {
+        publish::runtime_gone(&runtime.name);
+        tracing::debug!(target: "loopwatch", runtime = %runtime.name, "runtime shut down; no longer watched");
+    }
+
+    /// A stall whose runtime shut down before it ended.
+    pub(crate) fn stall_abandoned(&self, runtime: &RuntimeRef, reported: bool) {
+        if reported {
+            tracing::info!(target: "loopwatch", runtime = %runtime.name, "runtime shut down during a stall; stall no longer watched");
+        }
+    }
+
+    /// Publishes a runtime's heartbeat and gauges: the gauges at once when
+    /// its count of stalled workers changes, else every second.
+    pub(crate) fn runtime_gauges(&self, watched: &mut Watched, stalled: usize, now: u64) {
+        let (monitor, history) = (&watched.monitor, &mut watched.history);
+        let name = &monitor.entry.name;
+        if monitor.beat.beats > history.published_beats {
+            history.published_beats = monitor.beat.beats;
+            publish::heartbeat(name, monitor.beat.last_lag);
+        }
+        if history.last_stalled_gauge != Some(stalled)
+            || now.saturating_sub(history.last_gauges) >= 1_000_000_000
+        {
+            history.last_stalled_gauge = Some(stalled);
+            history.last_gauges = now;
+            let age = monitor.heartbeat_age_ns(now);
+            publish::runtime_gauges(name, stalled, unix_seconds() - age as f64 / 1e9);
+        }
+    }
+
+    fn callback(&self, report: &StallReport) {
+        let Some(callback) = &self.shared.config.on_stall else {
+            return;
+        };
+        if catch_unwind(AssertUnwindSafe(|| callback(report))).is_err() {
+            self.shared.callback_panics.fetch_add(1, Relaxed);
+            publish::callback_panicked();
+            tracing::error!(target: "loopwatch", "the on_stall callback panicked; the watchdog goes on");
+        }
+    }
+}
