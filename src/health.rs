@@ -83,6 +83,9 @@ pub struct RecentStall {
     pub ended: bool,
     /// Whether the thread was on a CPU when last looked at.
     pub cpu_bound: Option<bool>,
+    /// The first frame of application code in the stack, when known
+    /// (see [`StallReport::culprit`](crate::StallReport::culprit)).
+    pub culprit: Option<String>,
     /// The stuck thread's stack at the last report.
     pub backtrace: Option<String>,
 }
@@ -121,6 +124,9 @@ pub struct StalledWorker {
     pub task: Option<String>,
     /// The stuck thread's name, when known.
     pub thread: Option<String>,
+    /// The first frame of application code in its stack, once a report
+    /// has taken the stack (see [`StallReport::culprit`](crate::StallReport::culprit)).
+    pub culprit: Option<String>,
 }
 
 /// Outcomes of tasks spawned through loopwatch.

@@ -77,15 +77,17 @@
 //!
 //! - `macros` (default): [`#[instrument_blocking]`](instrument_blocking).
 //! - `exporter` (default): [`Exporter`], with metrics-exporter-prometheus.
-//! - `stacks` (default): the stuck thread's stack in stall reports (Linux),
-//!   taken with a real-time signal; without it no signal handler is
-//!   installed, reports carry no stack, and a current-thread runtime left
-//!   undriven after `block_on` returned is reported as stalled.
+//! - `stacks` (default): the stuck thread's stack and culprit in stall
+//!   reports (Linux on x86_64), read from outside the thread when it waits
+//!   in the kernel, with a real-time signal only when it is stuck on a CPU;
+//!   without it no signal handler is installed, reports carry no stack, and
+//!   a current-thread runtime left undriven after `block_on` returned is
+//!   reported as stalled.
 //!
 //! # Minimum supported Rust version
 //!
-//! Rust 1.88, the highest minimum among the dependencies (the `backtrace`
-//! crate used for stacks). Raising it is a minor-version change.
+//! Rust 1.88, the highest minimum among the dependencies (`addr2line` and
+//! `gimli`, used for stacks). Raising it is a minor-version change.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod clock;

@@ -175,6 +175,24 @@ fn an_uninstrumented_stall_on_a_handle_only_runtime_has_its_stack() {
         stack.contains("evidence_sleeps_in_this_function"),
         "{stack}"
     );
+    assert!(first.thread.is_some(), "the stuck thread is named: {first}");
+    let culprit = first.culprit.clone().unwrap_or_default();
+    assert!(
+        culprit.contains("evidence_sleeps_in_this_function") && culprit.contains("evidence.rs:"),
+        "{culprit:?}"
+    );
+    assert!(first.to_string().contains(&culprit), "{first}");
+    let health = watchdog.health();
+    assert_eq!(
+        health.runtimes[0].stalled_workers[0].culprit.as_deref(),
+        Some(culprit.as_str()),
+        "{health:?}"
+    );
+    assert!(health.issues[0].contains(&culprit), "{:?}", health.issues);
+    assert_eq!(
+        health.recent_stalls[0].culprit.as_deref(),
+        Some(culprit.as_str())
+    );
     rt.block_on(task).unwrap();
 }
 

@@ -1,57 +1,63 @@
-//! Taking another thread's stack with a real-time signal (Linux).
+//! The registers and stack bytes of a thread that is on a CPU, taken with a
+//! real-time signal (Linux, x86_64).
 //!
-//! The watchdog sends the signal to one thread with `tgkill`; the handler,
-//! running on that thread, walks the thread's stack into a static buffer (no
-//! allocation, no lock, `errno` saved) and returns. The frames are classified
-//! and symbolized afterwards, on the watchdog thread
-//! ([`super::classify`], [`super::symbols`]).
+//! Only a thread known to be stuck and found on a CPU (state `R`) is ever
+//! signalled: a thread waiting in the kernel is read from outside instead
+//! ([`super::proc`]), because a signal would end its wait early (`poll`,
+//! `epoll_wait`, `nanosleep` and socket reads with a timeout return EINTR
+//! whatever `SA_RESTART` says).
 //!
-//! Stack walking in a signal handler is not formally async-signal-safe (the
-//! unwinder may consult the loader's tables); it is the technique profilers
-//! use. `WatchdogBuilder::sample_stacks(false)` turns it off.
+//! The handler is installed when the watchdog starts. On the target thread
+//! it copies the interrupted registers from the `ucontext` and a window of
+//! the stack above the stack pointer (with `process_vm_readv`, which cannot
+//! fault) into static buffers, and returns: no unwinding, no lock, no
+//! allocation, `errno` kept. Walking and naming the frames happen on the
+//! watchdog thread.
 
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::cell::UnsafeCell;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-const MAX_FRAMES: usize = 128;
+use super::NoStack;
+
+/// Bytes of stack copied above the stack pointer.
+pub(crate) const WINDOW: usize = 64 * 1024;
+const PAGE: usize = 4096;
+
 const IDLE: u8 = 0;
 const PENDING: u8 = 1;
 const WRITING: u8 = 2;
 const DONE: u8 = 3;
 
-#[allow(clippy::declare_interior_mutable_const)]
-const ZERO: AtomicUsize = AtomicUsize::new(0);
-static FRAMES: [AtomicUsize; MAX_FRAMES] = [ZERO; MAX_FRAMES];
+struct Buffer(UnsafeCell<[u8; WINDOW]>);
+// SAFETY: written only by the handler while STATE is WRITING, read only by
+// the requester after it saw DONE (and before it sets IDLE), under REQUEST.
+unsafe impl Sync for Buffer {}
+
+static STACK: Buffer = Buffer(UnsafeCell::new([0; WINDOW]));
 static LEN: AtomicUsize = AtomicUsize::new(0);
+static IP: AtomicU64 = AtomicU64::new(0);
+static SP: AtomicU64 = AtomicU64::new(0);
+static BP: AtomicU64 = AtomicU64::new(0);
 static STATE: AtomicU8 = AtomicU8::new(IDLE);
 static TARGET: AtomicI32 = AtomicI32::new(0);
 /// Set when a handler did not finish in time: the buffer may still be in
 /// use, so no further capture is attempted.
 static BROKEN: AtomicBool = AtomicBool::new(false);
-static INSTALLED: OnceLock<Option<libc::c_int>> = OnceLock::new();
+/// The signal whose handler is installed (0 = none).
+static INSTALLED: AtomicI32 = AtomicI32::new(0);
+/// Whether the application's taking of the signal was already logged.
+static WARNED_TAKEN: AtomicBool = AtomicBool::new(false);
 static REQUEST: Mutex<()> = Mutex::new(());
 
-/// The signal asked for with `WatchdogBuilder::stack_signal` (0 = the default).
-static CHOSEN: AtomicI32 = AtomicI32::new(0);
-
-/// Chooses the signal before the handler is installed (the first choice
-/// in the process holds).
-pub(crate) fn choose_signal(signal: libc::c_int) {
-    let _ = CHOSEN.compare_exchange(0, signal, Ordering::Relaxed, Ordering::Relaxed);
+/// The default signal: `SIGRTMIN + 6`.
+pub(crate) fn default_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 6
 }
 
-/// The signal loopwatch uses: `SIGRTMIN + 6` unless another was chosen.
-pub(crate) fn signal_number() -> libc::c_int {
-    match CHOSEN.load(Ordering::Relaxed) {
-        0 => libc::SIGRTMIN() + 6,
-        chosen => chosen,
-    }
-}
-
-extern "C" fn handler(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+extern "C" fn handler(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     // SAFETY: errno is thread-local; saving and restoring it keeps the
     // interrupted code's view intact.
     let errno = unsafe { *libc::__errno_location() };
@@ -62,73 +68,126 @@ extern "C" fn handler(_sig: libc::c_int, _info: *mut libc::siginfo_t, _ctx: *mut
             .compare_exchange(PENDING, WRITING, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     {
-        let mut n = 0;
-        // SAFETY: only this handler writes the buffer while STATE is
-        // WRITING; the closure neither allocates nor locks.
-        unsafe {
-            backtrace::trace_unsynchronized(|frame| {
-                FRAMES[n].store(frame.ip() as usize, Ordering::Relaxed);
-                n += 1;
-                n < MAX_FRAMES
-            });
-        }
-        LEN.store(n, Ordering::Relaxed);
+        // SAFETY: the kernel hands a valid ucontext to an SA_SIGINFO handler.
+        let gregs = unsafe { &(*ctx.cast::<libc::ucontext_t>()).uc_mcontext.gregs };
+        let sp = gregs[libc::REG_RSP as usize] as u64;
+        IP.store(gregs[libc::REG_RIP as usize] as u64, Ordering::Relaxed);
+        SP.store(sp, Ordering::Relaxed);
+        BP.store(gregs[libc::REG_RBP as usize] as u64, Ordering::Relaxed);
+        // One iovec per page, so that a read running off the end of the
+        // stack mapping still returns the pages before it.
+        let base = STACK.0.get().cast::<u8>();
+        let local: [libc::iovec; WINDOW / PAGE] = std::array::from_fn(|i| libc::iovec {
+            // SAFETY: inside the static buffer.
+            iov_base: unsafe { base.add(i * PAGE) }.cast(),
+            iov_len: PAGE,
+        });
+        let remote: [libc::iovec; WINDOW / PAGE] = std::array::from_fn(|i| libc::iovec {
+            iov_base: (sp as usize + i * PAGE) as *mut libc::c_void,
+            iov_len: PAGE,
+        });
+        // SAFETY: a raw syscall (async-signal-safe); the kernel checks the
+        // remote ranges, and the local ones are the static buffer, which
+        // only this handler writes while STATE is WRITING.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_process_vm_readv,
+                libc::getpid(),
+                local.as_ptr(),
+                local.len(),
+                remote.as_ptr(),
+                remote.len(),
+                0,
+            )
+        };
+        LEN.store(usize::try_from(n).unwrap_or(0), Ordering::Relaxed);
         STATE.store(DONE, Ordering::Release);
     }
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
 }
 
-fn install() -> Option<libc::c_int> {
-    let sig = signal_number();
+fn handler_address() -> usize {
+    handler as *const () as usize
+}
+
+/// Installs the handler for `sig` unless the application handles that
+/// signal. Called when the watchdog starts; harmless to repeat.
+pub(crate) fn install(sig: libc::c_int) -> Result<(), NoStack> {
+    if INSTALLED.load(Ordering::Acquire) == sig && owns(sig) {
+        return Ok(());
+    }
     // SAFETY: plain sigaction calls with zero-initialised structs.
     unsafe {
         let mut old: libc::sigaction = std::mem::zeroed();
         if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
-            return None;
+            return Err(NoStack::NoSignal);
         }
-        if old.sa_sigaction != libc::SIG_DFL {
-            tracing::warn!(target: "loopwatch", signal = sig, "signal already has a handler; loopwatch will not sample thread stacks");
-            return None;
+        if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != handler_address() {
+            return Err(NoStack::SignalTaken);
         }
         let mut action: libc::sigaction = std::mem::zeroed();
-        action.sa_sigaction = handler as *const () as usize;
+        action.sa_sigaction = handler_address();
         action.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
         libc::sigemptyset(&mut action.sa_mask);
         if libc::sigaction(sig, &action, std::ptr::null_mut()) != 0 {
-            return None;
+            return Err(NoStack::NoSignal);
         }
     }
-    Some(sig)
+    INSTALLED.store(sig, Ordering::Release);
+    Ok(())
 }
 
-/// Why a capture gave nothing.
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) enum CaptureError {
-    /// The thread no longer exists.
-    NoSuchThread,
-    /// Sampling is unavailable (signal taken, earlier failure, timeout).
-    Unavailable,
-}
-
-/// Takes the stack of thread `tid` (a kernel thread id of this process):
-/// the instruction pointers, innermost first.
-pub(crate) fn capture(tid: i64, timeout: Duration) -> Result<Vec<usize>, CaptureError> {
-    let tid = libc::pid_t::try_from(tid).map_err(|_| CaptureError::NoSuchThread)?;
-    if BROKEN.load(Ordering::Relaxed) {
-        return Err(CaptureError::Unavailable);
+/// Whether loopwatch's handler is still the disposition of `sig`.
+fn owns(sig: libc::c_int) -> bool {
+    // SAFETY: a query-only sigaction call.
+    unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut current) == 0
+            && current.sa_sigaction == handler_address()
     }
-    let sig = (*INSTALLED.get_or_init(install)).ok_or(CaptureError::Unavailable)?;
+}
+
+/// Registers and stack bytes of a thread, as the handler copied them.
+#[derive(Debug)]
+pub(crate) struct Interrupted {
+    pub(crate) ip: u64,
+    pub(crate) sp: u64,
+    pub(crate) bp: u64,
+    pub(crate) stack: Vec<u8>,
+}
+
+/// Signals thread `tid` (on a CPU, known stuck) and returns what its handler
+/// copied. Sends nothing when loopwatch does not own the signal any more or
+/// the thread blocks it.
+pub(crate) fn interrupt(tid: i64, timeout: Duration) -> Result<Interrupted, NoStack> {
+    let tid = libc::pid_t::try_from(tid).map_err(|_| NoStack::Gone)?;
+    let sig = INSTALLED.load(Ordering::Acquire);
+    if sig == 0 {
+        return Err(NoStack::NoSignal);
+    }
+    if BROKEN.load(Ordering::Relaxed) {
+        return Err(NoStack::Timeout);
+    }
+    if !owns(sig) {
+        if !WARNED_TAKEN.swap(true, Ordering::Relaxed) {
+            tracing::warn!(target: "loopwatch", signal = sig, "the application took over loopwatch's stack signal; stacks of threads on a CPU are no longer taken");
+        }
+        return Err(NoStack::SignalTaken);
+    }
+    if super::proc::blocks_signal(i64::from(tid), sig) != Some(false) {
+        return Err(NoStack::SignalBlocked);
+    }
     let _request = REQUEST.lock();
     TARGET.store(tid, Ordering::Release);
     LEN.store(0, Ordering::Relaxed);
     STATE.store(PENDING, Ordering::Release);
     // SAFETY: tgkill to a thread of our own process, with a signal whose
-    // handler is installed.
+    // handler is installed and owned by loopwatch.
     let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, sig) };
     if rc != 0 {
         STATE.store(IDLE, Ordering::Release);
-        return Err(CaptureError::NoSuchThread);
+        return Err(NoStack::Gone);
     }
     let deadline = Instant::now() + timeout;
     loop {
@@ -139,28 +198,27 @@ pub(crate) fn capture(tid: i64, timeout: Duration) -> Result<Vec<usize>, Capture
                     .compare_exchange(PENDING, IDLE, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
-                    return Err(CaptureError::Unavailable);
+                    return Err(NoStack::Timeout);
                 }
             }
             WRITING if Instant::now() >= deadline + Duration::from_secs(1) => {
                 BROKEN.store(true, Ordering::Relaxed);
-                tracing::error!(target: "loopwatch", "a stack capture did not finish; stack sampling is now off");
-                return Err(CaptureError::Unavailable);
+                tracing::error!(target: "loopwatch", "a stack capture did not finish; stacks of threads on a CPU are no longer taken");
+                return Err(NoStack::Timeout);
             }
             _ => std::thread::sleep(Duration::from_micros(50)),
         }
     }
-    let len = LEN.load(Ordering::Relaxed).min(MAX_FRAMES);
-    let frames = FRAMES[..len]
-        .iter()
-        .map(|f| f.load(Ordering::Relaxed))
-        .collect();
+    let len = LEN.load(Ordering::Relaxed).min(WINDOW);
+    // SAFETY: the handler finished writing (DONE, acquired above) and no
+    // other request can start while REQUEST is held.
+    let stack = unsafe { (&*STACK.0.get())[..len].to_vec() };
+    let out = Interrupted {
+        ip: IP.load(Ordering::Relaxed),
+        sp: SP.load(Ordering::Relaxed),
+        bp: BP.load(Ordering::Relaxed),
+        stack,
+    };
     STATE.store(IDLE, Ordering::Release);
-    Ok(frames)
-}
-
-/// Where the signal handler's code starts, for [`super::classify`] to
-/// recognise (by address) the frames of the capture itself.
-pub(crate) fn handler_address() -> usize {
-    handler as *const () as usize
+    Ok(out)
 }

@@ -2,9 +2,8 @@
 //!
 //! Once per process, the executable's ELF symbol table is read and the
 //! address range of every function that matters is given a [`FrameKind`]:
-//! loopwatch's signal handler (found by its own address, whatever module it
-//! lives in), tokio's current-thread scheduler, tokio's task harness (a task
-//! being polled), tokio's park code, and the rest of tokio's runtime. A
+//! tokio's current-thread scheduler, tokio's task harness (a task being
+//! polled), tokio's park code, and the rest of tokio's runtime. A
 //! sampled frame is then classified by looking its address up in those
 //! ranges. Frames inlined into one address have no address of their own;
 //! [`kind_of_name`], the same rule that built the table, classifies them by
@@ -17,9 +16,6 @@ use std::sync::OnceLock;
 /// What a frame is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FrameKind {
-    /// loopwatch's signal handler: it and the frames above it are the
-    /// capture's own, not the interrupted thread's.
-    Capture,
     /// tokio's current-thread scheduler (its `block_on` loop and park).
     CurrentThreadScheduler,
     /// tokio's task harness: a task is being polled below this frame.
@@ -89,10 +85,9 @@ pub(crate) fn warm_up() {
 
 fn load() -> Option<Table> {
     use object::{Object, ObjectSymbol, SymbolKind};
-    let data = std::fs::read("/proc/self/exe").ok()?;
-    let file = object::File::parse(&*data).ok()?;
+    let data = super::symbols::Mapped::open("/proc/self/exe")?;
+    let file = object::File::parse(data.bytes()).ok()?;
     let bias = main_program_bias()?;
-    let handler = super::capture::handler_address();
     let mut ranges = Vec::new();
     for symbol in file.symbols() {
         if symbol.kind() != SymbolKind::Text || symbol.address() == 0 {
@@ -108,16 +103,12 @@ fn load() -> Option<Table> {
         let Some(end) = start.checked_add(len) else {
             continue;
         };
-        let kind = if (start..end).contains(&handler) {
-            FrameKind::Capture
-        } else {
-            // Only names that mention tokio can be tokio's; demangle just those.
-            let Ok(mangled) = symbol.name() else { continue };
-            if !mangled.contains("tokio") {
-                continue;
-            }
-            kind_of_name(&format!("{:#}", rustc_demangle::demangle(mangled)))
-        };
+        // Only names that mention tokio can be tokio's; demangle just those.
+        let Ok(mangled) = symbol.name() else { continue };
+        if !mangled.contains("tokio") {
+            continue;
+        }
+        let kind = kind_of_name(&format!("{:#}", rustc_demangle::demangle(mangled)));
         if kind != FrameKind::Other {
             ranges.push((start, end, kind));
         }
@@ -149,16 +140,6 @@ fn main_program_bias() -> Option<usize> {
     (bias != usize::MAX).then_some(bias)
 }
 
-/// The address to look up for frame `i`: return addresses point after the
-/// call, so frames below the first are looked up one byte earlier.
-pub(crate) fn lookup_address(i: usize, ip: usize) -> usize {
-    if i == 0 {
-        ip
-    } else {
-        ip.saturating_sub(1)
-    }
-}
-
 impl Table {
     fn kind(&self, addr: usize) -> FrameKind {
         let idx = self.ranges.partition_point(|r| r.0 <= addr);
@@ -169,16 +150,13 @@ impl Table {
     }
 
     fn kinds<'a>(&'a self, frames: &'a [usize]) -> impl Iterator<Item = FrameKind> + 'a {
-        frames
-            .iter()
-            .enumerate()
-            .map(|(i, &ip)| self.kind(lookup_address(i, ip)))
+        frames.iter().map(|&addr| self.kind(addr))
     }
 }
 
-/// The kind of frame `i` of a stack.
-pub(crate) fn kind_at(i: usize, ip: usize) -> FrameKind {
-    table().map_or(FrameKind::Other, |t| t.kind(lookup_address(i, ip)))
+/// The kind of the frame at `addr` (an address to look up, as a walk gives).
+pub(crate) fn kind_at(addr: usize) -> FrameKind {
+    table().map_or(FrameKind::Other, |t| t.kind(addr))
 }
 
 /// Whether the thread is inside tokio's current-thread scheduler (its
@@ -205,32 +183,16 @@ pub(crate) fn in_task_poll(frames: &[usize]) -> Option<bool> {
     Some(task && !park)
 }
 
-/// Where the interrupted thread's own frames begin: past the capture's
-/// frames (the handler and what it called) and the signal trampoline the
-/// kernel put under the handler. 0 when no capture frame is found.
-pub(crate) fn interrupted_from(frames: &[usize]) -> usize {
-    let Some(table) = table() else { return 0 };
-    table
-        .kinds(frames)
-        .collect::<Vec<_>>()
-        .iter()
-        .rposition(|&k| k == FrameKind::Capture)
-        .map_or(0, |handler| (handler + 2).min(frames.len()))
-}
-
-/// The frames a person needs: from the interrupted code down to, not
-/// including, the first frame of tokio's runtime under it. The frame at
-/// `end` (if any) is that runtime frame: user code inlined into it shows as
-/// inline frames of that one address.
+/// The frames a person needs: from the innermost down to, not including,
+/// the first frame of tokio's runtime under it. The frame at `end` (if any)
+/// is that runtime frame: user code inlined into it shows as inline frames
+/// of that one address.
 pub(crate) fn trimmed(frames: &[usize]) -> Range<usize> {
-    let start = interrupted_from(frames);
     let end = frames
         .iter()
-        .enumerate()
-        .skip(start)
-        .find(|&(i, &ip)| kind_at(i, ip).is_runtime())
-        .map_or(frames.len(), |(i, _)| i);
-    start..end
+        .position(|&addr| kind_at(addr).is_runtime())
+        .unwrap_or(frames.len());
+    0..end
 }
 
 #[cfg(test)]
@@ -278,41 +240,56 @@ mod tests {
         }
     }
 
-    #[inline(never)]
-    fn stack_here() -> Vec<usize> {
-        let mut frames = Vec::new();
-        backtrace::trace(|f| {
-            frames.push(f.ip() as usize);
-            true
+    /// The stack of a thread parked in `std::thread::sleep` inside `f`'s
+    /// context, taken from outside.
+    fn stack_of_a_thread_sleeping(in_task: bool) -> Vec<usize> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sleeper = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let sleep = move || {
+                tx.send(crate::stack::current_tid()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(300));
+            };
+            if in_task {
+                rt.block_on(async { tokio::spawn(async move { sleep() }).await.unwrap() });
+            } else {
+                sleep();
+            }
         });
-        frames
+        let tid = rx.recv().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let sample =
+            crate::stack::sample(tid, false).expect("a sleeping thread is read from outside");
+        sleeper.join().unwrap();
+        sample.frames
     }
 
     #[test]
     fn a_stack_inside_a_task_poll_is_classified_by_address() {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .build()
-            .unwrap();
-        let frames = rt.block_on(rt.spawn(async { stack_here() })).unwrap();
+        let frames = stack_of_a_thread_sleeping(true);
         assert_eq!(in_task_poll(&frames), Some(true));
-        let outside = stack_here();
-        assert_eq!(in_task_poll(&outside), Some(false));
+        assert_eq!(
+            in_task_poll(&stack_of_a_thread_sleeping(false)),
+            Some(false)
+        );
         let range = trimmed(&frames);
         assert!(range.end < frames.len(), "tokio's frames are cut");
         assert!(frames[range.end..]
             .iter()
-            .enumerate()
-            .any(|(i, &ip)| kind_at(range.end + i, ip) == FrameKind::TaskPoll));
+            .any(|&addr| kind_at(addr) == FrameKind::TaskPoll));
     }
 
     #[test]
     fn a_current_thread_block_on_is_inside_the_scheduler() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let inside = rt.block_on(async { stack_here() });
-        assert_eq!(in_current_thread_scheduler(&inside), Some(true));
-        assert_eq!(in_current_thread_scheduler(&stack_here()), Some(false));
+        assert_eq!(
+            in_current_thread_scheduler(&stack_of_a_thread_sleeping(true)),
+            Some(true)
+        );
+        assert_eq!(
+            in_current_thread_scheduler(&stack_of_a_thread_sleeping(false)),
+            Some(false)
+        );
     }
 }

@@ -141,10 +141,13 @@ impl WatchdogBuilder {
         self
     }
 
-    /// Whether the watchdog may take a stuck thread's stack by sending it a
-    /// real-time signal (Linux: `SIGRTMIN + 6`, handled by loopwatch; not
-    /// installed if the application handles that signal). The stack goes
-    /// into the stall report ([`StallReport::backtrace`]); it is also how a
+    /// Whether the watchdog takes a stuck thread's stack (Linux on x86_64).
+    /// A thread waiting in the kernel is read from outside, never signalled;
+    /// only a stuck thread on a CPU is sent a real-time signal
+    /// (`SIGRTMIN + 6`, installed when the watchdog starts unless the
+    /// application handles that signal), whose handler copies its registers
+    /// and stack and returns. The stack goes into the stall report
+    /// ([`StallReport::backtrace`], [`StallReport::culprit`]); it is also how a
     /// current-thread runtime stuck in a poll is told from one that nobody
     /// drives, and how the stuck worker of a runtime known only by its
     /// handle is found. Default: `true`. Without it, reports carry no stack,
@@ -157,16 +160,17 @@ impl WatchdogBuilder {
 
     /// The real-time signal used to take stacks (Linux), if `SIGRTMIN + 6`
     /// is taken by something else in the process: a number between
-    /// `SIGRTMIN` and `SIGRTMAX`. The first watchdog's choice holds for the
-    /// process (the handler is installed once).
+    /// `SIGRTMIN` and `SIGRTMAX`. The handler stays installed after the
+    /// watchdog stops (a signal still in flight must not meet the default
+    /// action, which ends the process).
     pub fn stack_signal(mut self, signal: i32) -> Self {
         self.config.stack_signal = Some(signal);
         self
     }
 
     /// Whether stall reports carry the whole stack of the stuck thread. By
-    /// default the frames of the signal handler (at the top) and of tokio's
-    /// scheduler (at the bottom) are left out. Default: `false`.
+    /// default the frames of tokio's scheduler (at the bottom) are left out.
+    /// Default: `false`.
     pub fn full_stacks(mut self, full: bool) -> Self {
         self.config.full_stacks = full;
         self

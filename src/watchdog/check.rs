@@ -2,10 +2,11 @@
 //!
 //! Each check keeps the runtime set in step with `watch_runtime`, runs
 //! detection on every runtime, feeds what it found to the stall machine,
-//! hands each resulting event to the evidence collector, the recent-stalls
-//! ring and the reporter, reads the application's activity when due, and
-//! publishes one health snapshot. Each of those is a type of its own; this
-//! file only orders them.
+//! hands each resulting event to the evidence collector and the recent-stalls
+//! ring, reads the application's activity when due, publishes one health
+//! snapshot, and only then sends the reports (log, metrics, callback), so
+//! that a callback asking for health sees the stall it is told about. Each
+//! of those is a type of its own; this file only orders them.
 
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
@@ -85,13 +86,20 @@ impl Checker {
         }
         let now = now_ns();
         let seen = self.detect(now);
+        let mut reports = Vec::new();
         for event in self.stalls.update(now, seen) {
-            self.handle(event, &gone);
+            reports.extend(self.handle(event, &gone));
         }
+        self.evidence.end_check();
         if self.activity.tick(now) {
             *self.shared.process.lock() = self.activity.process();
         }
         self.publish(now);
+        // Reports go out once health shows them, so that a callback that
+        // asks for health sees the stall it is told about.
+        for report in &reports {
+            self.reporter.report(report);
+        }
     }
 
     /// Samples every runtime, finds its stalls, and wakes its heartbeat when due.
@@ -110,7 +118,8 @@ impl Checker {
         seen
     }
 
-    fn handle(&mut self, event: Event, gone: &[RuntimeRef]) {
+    /// Applies one event; returns the report to send, if any.
+    fn handle(&mut self, event: Event, gone: &[RuntimeRef]) -> Option<crate::StallReport> {
         match event {
             Event::Report {
                 mut report,
@@ -125,7 +134,7 @@ impl Checker {
                     }
                 }
                 self.recent.record(candidate.key, &report);
-                self.reporter.report(&report);
+                Some(report)
             }
             Event::Suppressed { runtime, new } => {
                 if new {
@@ -134,6 +143,7 @@ impl Checker {
                     }
                 }
                 self.reporter.suppressed(&runtime, new);
+                None
             }
             Event::End {
                 candidate,
@@ -144,7 +154,7 @@ impl Checker {
                 // Stalls of runtimes that shut down are not counted as ended stalls.
                 if gone.contains(&candidate.runtime) {
                     self.reporter.stall_abandoned(&candidate.runtime, reported);
-                    return;
+                    return None;
                 }
                 self.recent.ended(candidate.key, duration);
                 if let Some(watched) = self.runtimes.get_mut(candidate.runtime.serial) {
@@ -158,6 +168,7 @@ impl Checker {
                     duration,
                     reported,
                 );
+                None
             }
         }
     }
@@ -175,6 +186,7 @@ impl Checker {
             config: &self.shared.config,
             runtimes: &self.runtimes,
             stalls: &active,
+            evidence: &self.evidence,
             activity: self.activity.summary(),
             process: self.activity.process(),
             recent_stalls: self.recent.newest_first(),

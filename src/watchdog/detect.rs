@@ -341,11 +341,15 @@ impl RuntimeMonitor {
         let verdict = if !t.sample_stacks || key.driver_tid == 0 {
             true
         } else {
-            match crate::stack::capture(key.driver_tid, std::time::Duration::from_millis(100)) {
-                Ok(frames) => crate::stack::in_current_thread_scheduler(&frames).unwrap_or(true),
+            // A driver thread waiting in the kernel is read from outside; one
+            // on a CPU while its runtime stands still is signalled (it runs
+            // user code, so no call of its is interrupted).
+            match crate::stack::sample(key.driver_tid, true) {
+                Ok(sample) => {
+                    crate::stack::in_current_thread_scheduler(&sample.frames).unwrap_or(true)
+                }
                 // The driver thread exited: nobody drives the runtime.
-                Err(crate::stack::CaptureError::NoSuchThread) => false,
-                #[allow(unreachable_patterns)]
+                Err(crate::stack::NoStack::Gone) => false,
                 Err(_) => true,
             }
         };

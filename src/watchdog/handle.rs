@@ -148,10 +148,16 @@ impl Watchdog {
             callback_panics: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
         });
-        if let Some(signal) = shared.config.stack_signal {
-            crate::stack::choose_signal(signal);
-        }
         if shared.config.sample_stacks {
+            // The handler is installed now, not at the first stall, so that
+            // an application installing its own handler later takes the
+            // signal over (and loopwatch then sends it no more).
+            match crate::stack::install(shared.config.stack_signal) {
+                Ok(()) | Err(crate::stack::NoStack::Unsupported) => {}
+                Err(why) => {
+                    tracing::warn!(target: "loopwatch", "threads on a CPU will have no stack in stall reports: {why}");
+                }
+            }
             // Load the symbol tables before a stall needs them (once per process).
             let _ = std::thread::Builder::new()
                 .name("loopwatch-symbols".into())

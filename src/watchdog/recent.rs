@@ -33,6 +33,7 @@ impl RecentStalls {
             stalled_for_seconds: report.stalled_for.as_secs_f64(),
             ended: false,
             cpu_bound: report.cpu_bound,
+            culprit: report.culprit.clone(),
             backtrace: report.backtrace.clone(),
         };
         match self.ring.iter_mut().find(|(k, _)| *k == key) {

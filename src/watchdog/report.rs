@@ -49,11 +49,21 @@ pub struct StallReport {
     /// The stuck thread's name, when known.
     pub thread: Option<String>,
     /// The stuck thread's stack, innermost first, trimmed to the frames a
-    /// person needs (Linux, with [`sample_stacks`](crate::WatchdogBuilder::sample_stacks),
-    /// when the stuck thread can be found: an instrumented task, a runtime
-    /// built with [`install_runtime_hooks`](crate::install_runtime_hooks), a
+    /// person needs (Linux on x86_64, with
+    /// [`sample_stacks`](crate::WatchdogBuilder::sample_stacks), when the
+    /// stuck thread can be found: an instrumented task, a runtime built with
+    /// [`install_runtime_hooks`](crate::install_runtime_hooks), a
     /// current-thread runtime, or a worker the heartbeat has run on).
     pub backtrace: Option<String>,
+    /// The first frame of application code in the stack, as
+    /// `function (file:line)` where debug info has the place: the first
+    /// frame that is not the standard library, tokio, loopwatch, other
+    /// runtime plumbing (parking_lot, lock_api, futures, tracing), a registry
+    /// or git dependency, or a shared library such as libc.
+    pub culprit: Option<String>,
+    /// Why there is no stack, when stack sampling is on and none was taken
+    /// (for example: the thread is on a CPU and blocks the stack signal).
+    pub stack_missing: Option<String>,
     /// Whether the stuck thread was running on a CPU (a CPU hog) rather than
     /// waiting in the kernel (a blocking call, a lock, a sleep), when known.
     pub cpu_bound: Option<bool>,
@@ -83,6 +93,9 @@ impl fmt::Display for StallReport {
             Some(true) => f.write_str(" (on CPU)")?,
             Some(false) => f.write_str(" (waiting, off CPU)")?,
             None => {}
+        }
+        if let Some(culprit) = &self.culprit {
+            write!(f, " at {culprit}")?;
         }
         Ok(())
     }
@@ -124,8 +137,13 @@ impl Reporter {
                 task = report.task.as_deref(),
                 thread = report.thread.as_deref(),
                 cpu_bound = report.cpu_bound,
+                culprit = report.culprit.as_deref(),
                 "stall: {report}{}",
-                report.backtrace.as_deref().map_or(String::new(), |b| format!("\nstack of the stuck thread:\n{b}"))
+                match (&report.backtrace, &report.stack_missing) {
+                    (Some(b), _) => format!("\nstack of the stuck thread:\n{b}"),
+                    (None, Some(why)) => format!("; no stack: {why}"),
+                    (None, None) => String::new(),
+                }
             );
         } else {
             tracing::warn!(
@@ -137,6 +155,7 @@ impl Reporter {
                 thread = report.thread.as_deref(),
                 escalation = report.escalation,
                 cpu_bound = report.cpu_bound,
+                culprit = report.culprit.as_deref(),
                 stack_moved = report.stack_moved,
                 "stall continues: {report}{}",
                 match report.stack_moved {

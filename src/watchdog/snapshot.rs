@@ -4,6 +4,7 @@
 
 use super::activity::ActivitySummary;
 use super::builder::Config;
+use super::evidence::EvidenceCollector;
 use super::process::ProcessStats;
 use super::runtimes::RuntimeSet;
 use super::stall::Candidate;
@@ -43,6 +44,8 @@ pub(crate) struct Inputs<'a> {
     pub(crate) runtimes: &'a RuntimeSet,
     /// The stalls in progress.
     pub(crate) stalls: &'a [&'a Candidate],
+    /// What the reports found about them (thread, culprit).
+    pub(crate) evidence: &'a EvidenceCollector,
     pub(crate) activity: ActivitySummary,
     pub(crate) process: ProcessStats,
     pub(crate) recent_stalls: Vec<RecentStall>,
@@ -55,6 +58,7 @@ pub(crate) fn assemble(input: Inputs<'_>) -> Health {
         config,
         runtimes,
         stalls,
+        evidence,
         activity,
         process,
         recent_stalls,
@@ -70,8 +74,19 @@ pub(crate) fn assemble(input: Inputs<'_>) -> Health {
             .filter(|c| c.runtime.serial == m.entry.serial)
             .collect();
         stalled.sort_by_key(|c| (c.worker, c.since));
-        for c in &stalled {
-            issues.add(Status::Stalled, c.report(now, 0).to_string());
+        let reports: Vec<crate::StallReport> = stalled
+            .iter()
+            .map(|c| {
+                let mut report = c.report(now, 0);
+                if let Some(known) = evidence.known(c.key) {
+                    report.thread = report.thread.or_else(|| known.thread_name.clone());
+                    report.culprit = known.culprit.clone();
+                }
+                report
+            })
+            .collect();
+        for report in &reports {
+            issues.add(Status::Stalled, report.to_string());
         }
         let age = m.heartbeat_age_ns(now);
         if stalled.is_empty() && m.beat.beats > 0 && age >= stall_ns && !m.undriven() {
@@ -106,13 +121,14 @@ pub(crate) fn assemble(input: Inputs<'_>) -> Health {
             heartbeat_lag_seconds: m.beat.last_lag as f64 / 1e9,
             stalls_total: history.stalls,
             last_stall_seconds: history.last_stall_ns.map(|n| n as f64 / 1e9),
-            stalled_workers: stalled
-                .iter()
-                .map(|c| StalledWorker {
-                    worker: c.worker,
-                    stalled_for_seconds: now.saturating_sub(c.since) as f64 / 1e9,
-                    task: c.task.map(str::to_owned),
-                    thread: c.thread.as_deref().map(str::to_owned),
+            stalled_workers: reports
+                .into_iter()
+                .map(|r| StalledWorker {
+                    worker: r.worker,
+                    stalled_for_seconds: r.stalled_for.as_secs_f64(),
+                    task: r.task,
+                    thread: r.thread,
+                    culprit: r.culprit,
                 })
                 .collect(),
         });

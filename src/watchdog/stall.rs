@@ -47,6 +47,8 @@ impl Candidate {
             task: self.task.map(str::to_owned),
             thread: self.thread.as_deref().map(str::to_owned),
             backtrace: None,
+            culprit: None,
+            stack_missing: None,
             cpu_bound: None,
             stack_moved: None,
             escalation,
