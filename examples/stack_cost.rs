@@ -3,7 +3,9 @@
 //! and that report's latency past the stall threshold, each in a fresh
 //! process (this example runs itself as the child), for a stuck thread
 //! waiting in the kernel (a sleep: read from outside) and one on a CPU (a
-//! spin: signalled).
+//! spin: signalled). With sampling on it also prints the time the watchdog
+//! thread spent reading the stuck thread (state, stack copy, unwind) and
+//! symbolizing its frames, from loopwatch's debug event.
 //!
 //! ```text
 //! cargo run --example stack_cost            # a debug binary, with full debug info
@@ -14,10 +16,12 @@
 //! or the report comes later than 1 s past the threshold.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use loopwatch::{WatchExt as _, Watchdog};
+use tracing_subscriber::layer::SubscriberExt as _;
 
 #[path = "support/measure.rs"]
 mod measure;
@@ -41,8 +45,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         THRESHOLD
     );
     println!(
-        "{:<8} {:>14} {:>14} {:>12} {:>14} {:>14}",
-        "stuck in", "RSS off (MiB)", "RSS on (MiB)", "added (MiB)", "latency off", "latency on"
+        "{:<8} {:>14} {:>14} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "stuck in",
+        "RSS off (MiB)",
+        "RSS on (MiB)",
+        "added (MiB)",
+        "latency off",
+        "latency on",
+        "read",
+        "symbolize"
     );
     let mut failed = Vec::new();
     for case in ["sleep", "spin"] {
@@ -50,13 +61,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let on = run_child(&exe, "on", case)?;
         let added = on.resident.saturating_sub(off.resident);
         println!(
-            "{:<8} {:>14.1} {:>14.1} {:>12.1} {:>11.0} ms {:>11.0} ms",
+            "{:<8} {:>14.1} {:>14.1} {:>12.1} {:>9.0} ms {:>9.0} ms {:>7.2} ms {:>7.1} ms",
             case,
             off.resident as f64 / 1048576.0,
             on.resident as f64 / 1048576.0,
             added as f64 / 1048576.0,
             off.latency.as_secs_f64() * 1e3,
             on.latency.as_secs_f64() * 1e3,
+            on.read_ms,
+            on.total_ms - on.read_ms,
         );
         if !on.stack {
             failed.push(format!("{case}: the report with sampling on has no stack"));
@@ -86,6 +99,10 @@ struct Outcome {
     resident: u64,
     latency: Duration,
     stack: bool,
+    /// Reading the stuck thread: state, stack copy, unwind.
+    read_ms: f64,
+    /// All the evidence, symbolizing included.
+    total_ms: f64,
 }
 
 fn run_child(
@@ -103,18 +120,53 @@ fn run_child(
     }
     let text = String::from_utf8(out.stdout)?;
     let fields: Vec<&str> = text.split_whitespace().collect();
-    let [resident, latency_ms, stack] = fields[..] else {
+    let [resident, latency_ms, stack, read_ms, total_ms] = fields[..] else {
         return Err(format!("child printed {text:?}").into());
     };
     Ok(Outcome {
         resident: resident.parse()?,
         latency: Duration::from_secs_f64(latency_ms.parse::<f64>()? / 1e3),
         stack: stack == "stack",
+        read_ms: read_ms.parse()?,
+        total_ms: total_ms.parse()?,
     })
 }
 
-/// One stall in a fresh process; prints `resident latency_ms stack|none`.
+/// The watchdog thread's time on the evidence, in f64 bits: reading the
+/// thread, and everything.
+static READ: AtomicU64 = AtomicU64::new(0);
+static TOTAL: AtomicU64 = AtomicU64::new(0);
+
+/// Keeps the timings of loopwatch's "took the stuck thread's stack" event.
+struct Timings;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Timings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields;
+        impl tracing::field::Visit for Fields {
+            fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+                match field.name() {
+                    "read_seconds" => READ.store(value.to_bits(), Ordering::Relaxed),
+                    "seconds" => TOTAL.store(value.to_bits(), Ordering::Relaxed),
+                    _ => {}
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        if event.metadata().target() == "loopwatch" {
+            event.record(&mut Fields);
+        }
+    }
+}
+
+fn millis(bits: &AtomicU64) -> f64 {
+    f64::from_bits(bits.load(Ordering::Relaxed)) * 1e3
+}
+
+/// One stall in a fresh process; prints
+/// `resident latency_ms stack|none read_ms total_ms`.
 fn child(sample: bool, spin: bool) -> Result<(), Box<dyn std::error::Error>> {
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Timings))?;
     let (tx, rx) = mpsc::channel();
     let tx = std::sync::Mutex::new(tx);
     let watchdog = Watchdog::builder()
@@ -156,9 +208,11 @@ fn child(sample: bool, spin: bool) -> Result<(), Box<dyn std::error::Error>> {
     let resident = measure::resident()?;
     let latency = at.duration_since(began).saturating_sub(THRESHOLD);
     println!(
-        "{resident} {:.1} {}",
+        "{resident} {:.1} {} {:.3} {:.3}",
         latency.as_secs_f64() * 1e3,
-        if stack { "stack" } else { "none" }
+        if stack { "stack" } else { "none" },
+        millis(&READ),
+        millis(&TOTAL),
     );
     watchdog.shutdown();
     Ok(())

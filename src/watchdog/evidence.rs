@@ -110,6 +110,7 @@ impl EvidenceCollector {
                 return;
             }
         };
+        let read = began.elapsed();
         let symbolizer = self.symbolizer.get_or_insert_with(Default::default);
         if let Some(symbolized) = symbolizer.symbolize(&sample.frames, self.full_stacks) {
             report.backtrace = Some(if sample.complete {
@@ -129,6 +130,7 @@ impl EvidenceCollector {
             os_tid = tid,
             signalled = sample.signalled,
             complete = sample.complete,
+            read_seconds = read.as_secs_f64(),
             seconds = began.elapsed().as_secs_f64(),
             "took the stuck thread's stack and state"
         );
