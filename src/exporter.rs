@@ -13,7 +13,6 @@ mod http;
 mod render;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -57,6 +56,7 @@ pub struct ExporterBuilder {
     bind: SocketAddr,
     handle: Option<PrometheusHandle>,
     max_connections: usize,
+    head_timeout: Duration,
     request_timeout: Duration,
 }
 
@@ -65,6 +65,8 @@ impl Exporter {
     pub const DEFAULT_PORT: u16 = 9377;
     /// Default [`ExporterBuilder::max_connections`]: 256.
     pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+    /// Default [`ExporterBuilder::head_timeout`]: 1 s.
+    pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(1);
     /// Default [`ExporterBuilder::request_timeout`]: 5 s.
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
     /// Largest request head (request line and headers) accepted: 8 KiB.
@@ -76,6 +78,7 @@ impl Exporter {
             bind: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), Exporter::DEFAULT_PORT),
             handle: None,
             max_connections: Exporter::DEFAULT_MAX_CONNECTIONS,
+            head_timeout: Exporter::DEFAULT_HEAD_TIMEOUT,
             request_timeout: Exporter::DEFAULT_REQUEST_TIMEOUT,
         }
     }
@@ -115,14 +118,27 @@ impl ExporterBuilder {
         self
     }
 
-    /// Connections served at once; more are closed at once. Default: 256.
+    /// Connections open at once. Default: 256. When a new connection finds
+    /// them all taken, the oldest one that has not sent a whole request yet
+    /// (idle, slowloris, half-open) is closed to make room; only when every
+    /// one is being answered is the new one closed. Either way it is counted
+    /// in `loopwatch_exporter_connections_dropped_total`. So a flood of idle
+    /// connections cannot lock scrapes out.
     pub fn max_connections(mut self, max: usize) -> Self {
         self.max_connections = max;
         self
     }
 
-    /// How long a client may take to send its request, and to take the
-    /// response. Default: 5 s.
+    /// How long a client may take to send its whole request head after it
+    /// connected; a connection that has not by then is closed. Default: 1 s
+    /// (a scraper sends its request at once). Never longer than
+    /// [`request_timeout`](ExporterBuilder::request_timeout).
+    pub fn head_timeout(mut self, timeout: Duration) -> Self {
+        self.head_timeout = timeout;
+        self
+    }
+
+    /// How long a whole exchange may take, the response included. Default: 5 s.
     pub fn request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
         self
@@ -137,7 +153,8 @@ impl ExporterBuilder {
     /// - [`Error::RecorderInstalled`]: the application installed a `metrics`
     ///   recorder already; hand its `PrometheusHandle` in with
     ///   [`prometheus_handle`](ExporterBuilder::prometheus_handle).
-    /// - [`Error::InvalidSetting`]: `max_connections` or `request_timeout` is zero.
+    /// - [`Error::InvalidSetting`]: `max_connections`, `head_timeout` or
+    ///   `request_timeout` is zero.
     /// - [`Error::Thread`]: the OS refused to start the thread.
     pub fn start(self, watchdog: &Watchdog) -> Result<Exporter, Error> {
         if self.max_connections == 0 {
@@ -152,6 +169,13 @@ impl ExporterBuilder {
                 reason: "must be greater than zero",
             });
         }
+        if self.head_timeout.is_zero() {
+            return Err(Error::InvalidSetting {
+                setting: "head_timeout",
+                reason: "must be greater than zero",
+            });
+        }
+
         let listener = std::net::TcpListener::bind(self.bind).map_err(|source| Error::Bind {
             addr: self.bind,
             source,
@@ -170,8 +194,8 @@ impl ExporterBuilder {
         let state = Arc::new(http::State {
             watchdog: watchdog.clone(),
             handle,
-            active: AtomicUsize::new(0),
             max_connections: self.max_connections,
+            head_timeout: self.head_timeout.min(self.request_timeout),
             request_timeout: self.request_timeout,
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();

@@ -34,6 +34,13 @@ pub const REPORTS_SUPPRESSED_TOTAL: &str = "loopwatch_reports_suppressed_total";
 pub const CPU_BOUND_STALLS_TOTAL: &str = "loopwatch_cpu_bound_stalls_total";
 /// Panics caught in the `on_stall` callback (counter, no label).
 pub const CALLBACK_PANICS_TOTAL: &str = "loopwatch_callback_panics_total";
+/// Stall reports not given to the `on_stall` callback because it was too
+/// far behind (counter, no label).
+pub const CALLBACK_REPORTS_DROPPED_TOTAL: &str = "loopwatch_callback_reports_dropped_total";
+/// Connections the exporter closed without an answer (counter, `reason`:
+/// `evicted`, the oldest connection without a whole request, to make room
+/// for a new one; `full`, no room; `timeout`, no whole request in time).
+pub const EXPORTER_CONNECTIONS_DROPPED_TOTAL: &str = "loopwatch_exporter_connections_dropped_total";
 
 /// Tasks spawned through loopwatch (counter, `task`).
 pub const TASKS_SPAWNED_TOTAL: &str = "loopwatch_tasks_spawned_total";
@@ -110,6 +117,8 @@ pub const ALL: &[&str] = &[
     REPORTS_SUPPRESSED_TOTAL,
     CPU_BOUND_STALLS_TOTAL,
     CALLBACK_PANICS_TOTAL,
+    CALLBACK_REPORTS_DROPPED_TOTAL,
+    EXPORTER_CONNECTIONS_DROPPED_TOTAL,
     TASKS_SPAWNED_TOTAL,
     TASKS_COMPLETED_TOTAL,
     TASKS_FAILED_TOTAL,

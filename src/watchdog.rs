@@ -10,6 +10,7 @@
 //! - [`stall`]: the stall state machine (flag, escalate, end, rate limit);
 //! - [`evidence`]: the stuck thread's state and stack for a report;
 //! - [`report`]: [`StallReport`], and where reports go (log, metrics, callback);
+//! - [`callback`]: the `on_stall` callback's own thread and bounded queue;
 //! - [`recent`]: the last reported stalls;
 //! - [`activity`]: task, call and process figures, read on their own schedule;
 //! - [`process`]: the process's resources from `/proc`;
@@ -18,6 +19,7 @@
 
 mod activity;
 mod builder;
+mod callback;
 mod check;
 mod detect;
 mod evidence;
@@ -39,6 +41,6 @@ pub use report::StallReport;
 #[cfg(feature = "exporter")]
 pub(crate) use process::ProcessStats;
 #[cfg(feature = "exporter")]
-pub(crate) use publish::describe_all;
+pub(crate) use publish::{connection_dropped, describe_all};
 #[cfg(feature = "exporter")]
 pub(crate) use runtimes::RuntimeSample;

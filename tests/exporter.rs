@@ -1,6 +1,8 @@
 //! The exporter: `/metrics` and `/health` over HTTP, from its own thread.
 
 mod common;
+#[path = "../examples/support/flood.rs"]
+mod flood;
 
 use std::io::Write;
 use std::net::TcpStream;
@@ -188,6 +190,45 @@ fn hostile_clients_never_stop_scraping() {
         "closed by the server"
     );
     drop(half);
+    // The absolute form of a request target (RFC 9112) names the same path.
+    let absolute = http(
+        addr,
+        format!("GET http://{addr}/metrics HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes(),
+    )
+    .unwrap();
+    assert_eq!(absolute.status, 200);
+    assert!(absolute.body.contains("loopwatch_"), "{}", absolute.body);
+    exporter.shutdown();
+    watchdog.shutdown();
+}
+
+#[test]
+fn scrapes_get_through_a_flood_of_idle_and_slowloris_connections() {
+    let _serial = serial();
+    let watchdog = Watchdog::builder().start().unwrap();
+    let exporter = Exporter::builder()
+        .bind("127.0.0.1:0".parse().unwrap())
+        .max_connections(32)
+        .start(&watchdog)
+        .unwrap();
+    let addr = exporter.local_addr();
+    // More connections than the exporter takes, reopened at once when closed.
+    let idle = flood::Flood::start(addr, flood::Kind::Idle, 40);
+    let slow = flood::Flood::start(addr, flood::Kind::Slowloris, 40);
+    std::thread::sleep(Duration::from_millis(500));
+    let results = flood::scrapes(addr, 20, Duration::from_millis(50));
+    drop((idle, slow));
+    let (answered, _, p99) = flood::summary(&results);
+    assert_eq!(answered, 1.0, "{results:?}");
+    // The target is 100 ms; the margin is for a loaded 2-core machine.
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+    let metrics = get(addr, "/metrics").body;
+    let evicted = metrics
+        .lines()
+        .find(|l| l.starts_with("loopwatch_exporter_connections_dropped_total{reason=\"evicted\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(evicted >= 1.0, "{metrics}");
     exporter.shutdown();
     watchdog.shutdown();
 }

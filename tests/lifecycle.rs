@@ -52,6 +52,8 @@ fn a_panicking_callback_is_caught_counted_and_the_watchdog_goes_on() {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(watchdog.is_running());
+    // The callback runs on its own thread: give it the time to catch up.
+    wait_until(Duration::from_secs(2), || calls.load(Ordering::SeqCst) >= 4);
     assert_eq!(
         calls.load(Ordering::SeqCst),
         4,
@@ -59,6 +61,141 @@ fn a_panicking_callback_is_caught_counted_and_the_watchdog_goes_on() {
     );
     assert_eq!(watchdog.callback_panics(), 4);
     assert_eq!(watchdog.health().runtimes[0].stalls_total, 2);
+    watchdog.shutdown();
+}
+
+#[test]
+fn a_slow_callback_never_blinds_the_watchdog_nor_holds_up_shutdown() {
+    let _serial = serial();
+    let in_callback = Arc::new(AtomicUsize::new(0));
+    let entered = in_callback.clone();
+    let watchdog = Watchdog::builder()
+        .stall_threshold(Duration::from_millis(500))
+        .check_interval(Duration::from_millis(25))
+        .on_stall(move |report| {
+            if report.runtime == "first" && report.escalation == 0 {
+                entered.fetch_add(1, Ordering::SeqCst);
+                // An email sent, a slow disk: far longer than a stall.
+                std::thread::sleep(Duration::from_secs(6));
+            }
+        })
+        .start()
+        .unwrap();
+    let first = multi_thread(2);
+    let second = multi_thread(2);
+    watchdog.watch_runtime("first", first.handle()).unwrap();
+    watchdog.watch_runtime("second", second.handle()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let a = first.spawn(async { std::thread::sleep(Duration::from_millis(1500)) });
+    assert!(
+        wait_until(Duration::from_secs(2), || in_callback
+            .load(Ordering::SeqCst)
+            == 1),
+        "the first stall reached the callback"
+    );
+    // The callback is busy for seconds; a second runtime stalls meanwhile.
+    let b = second.spawn(async { std::thread::sleep(Duration::from_millis(1500)) });
+    let flagged = wait_until(Duration::from_millis(1200), || {
+        let health = watchdog.health();
+        health.status == loopwatch::Status::Stalled
+            && health
+                .runtimes
+                .iter()
+                .any(|r| r.name == "second" && r.stalled_workers.len() == 1)
+    });
+    assert!(
+        flagged,
+        "health missed the second stall: {:?}",
+        watchdog.health()
+    );
+    first.block_on(a).unwrap();
+    second.block_on(b).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let health = watchdog.health();
+    let stalls = |name: &str| {
+        health
+            .runtimes
+            .iter()
+            .find(|r| r.name == name)
+            .map(|r| r.stalls_total)
+    };
+    assert_eq!(stalls("first"), Some(1), "{health:?}");
+    assert_eq!(stalls("second"), Some(1), "{health:?}");
+    // The callback still sleeps; shutdown does not wait for it.
+    let began = Instant::now();
+    watchdog.shutdown();
+    let took = began.elapsed();
+    assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
+}
+
+#[test]
+fn reports_a_stuck_callback_cannot_take_are_dropped_and_counted() {
+    let _serial = serial();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = std::sync::Mutex::new(release_rx);
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let count = delivered.clone();
+    let watchdog = Watchdog::builder()
+        .stall_threshold(Duration::from_millis(150))
+        .blocking_threshold(Duration::from_millis(50))
+        .check_interval(Duration::from_millis(10))
+        .max_reports_per_minute(10_000)
+        .on_stall(move |_| {
+            // The first report holds the callback until the test lets go.
+            if count.fetch_add(1, Ordering::SeqCst) == 0 {
+                let _ = release_rx.lock().unwrap().recv();
+            }
+        })
+        .start()
+        .unwrap();
+    let workers = 8;
+    let rt = multi_thread(workers);
+    watchdog.watch_runtime("many", rt.handle()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    // Every round stalls all eight workers at once: eight reports.
+    for _ in 0..12 {
+        let barrier = Arc::new(std::sync::Barrier::new(workers));
+        let tasks: Vec<_> = (0..workers)
+            .map(|_| {
+                let b = barrier.clone();
+                rt.spawn(loopwatch::WatchExt::watched(
+                    async move {
+                        b.wait();
+                        std::thread::sleep(Duration::from_millis(220));
+                    },
+                    "many.stall",
+                ))
+            })
+            .collect();
+        for t in tasks {
+            rt.block_on(t).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    let stalls = watchdog.health().runtimes[0].stalls_total;
+    assert!(
+        stalls >= 90,
+        "stalls flagged while the callback hung: {stalls}"
+    );
+    assert_eq!(
+        delivered.load(Ordering::SeqCst),
+        1,
+        "the callback is still in its first report"
+    );
+    let dropped = watchdog.callback_reports_dropped();
+    release_tx.send(()).unwrap();
+    // The queued reports (64) reach the callback; the rest were dropped.
+    assert!(wait_until(Duration::from_secs(2), || {
+        delivered.load(Ordering::SeqCst) == 65
+    }));
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(delivered.load(Ordering::SeqCst), 65);
+    assert_eq!(watchdog.callback_reports_dropped(), dropped);
+    assert!(
+        dropped as usize + 65 >= stalls as usize,
+        "every report was delivered or counted: {dropped} dropped, {stalls} stalls"
+    );
     watchdog.shutdown();
 }
 

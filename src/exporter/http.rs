@@ -2,27 +2,76 @@
 //! request heads read and parsed by hand (never a body), one response per
 //! connection.
 
+use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
 use std::pin::pin;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
+use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::AbortHandle;
 
 use super::{render, Exporter};
+use crate::watchdog::connection_dropped;
 use crate::{Status, Watchdog};
 
 /// What the server thread serves from.
 pub(super) struct State {
     pub(super) watchdog: Watchdog,
     pub(super) handle: PrometheusHandle,
-    pub(super) active: AtomicUsize,
     pub(super) max_connections: usize,
+    pub(super) head_timeout: Duration,
     pub(super) request_timeout: Duration,
+}
+
+/// One open connection, as the accept loop keeps it.
+struct Conn {
+    id: u64,
+    /// Set once its whole request head has arrived.
+    has_request: Arc<AtomicBool>,
+    abort: AbortHandle,
+}
+
+/// The open connections, oldest first. Only the server thread (one
+/// current-thread runtime) touches it; the mutex is never contended.
+#[derive(Default)]
+struct Conns(Mutex<VecDeque<Conn>>);
+
+impl Conns {
+    fn len(&self) -> usize {
+        self.0.lock().len()
+    }
+
+    /// Closes the oldest connection that has not sent a whole request, to
+    /// make room for a new one; `false` if every connection is being served.
+    fn evict_oldest_unfinished(&self) -> bool {
+        let mut conns = self.0.lock();
+        let Some(i) = conns.iter().position(|c| !c.has_request.load(Relaxed)) else {
+            return false;
+        };
+        if let Some(conn) = conns.remove(i) {
+            conn.abort.abort();
+        }
+        true
+    }
+
+    fn remove(&self, id: u64) {
+        self.0.lock().retain(|c| c.id != id);
+    }
+}
+
+/// Takes a connection out of the table when its task ends or is aborted.
+struct Leave<'a>(&'a Conns, u64);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.remove(self.1);
+    }
 }
 
 pub(super) fn serve_thread(
@@ -48,6 +97,8 @@ pub(super) fn serve_thread(
                 return;
             }
         };
+        let conns = Arc::new(Conns::default());
+        let mut next_id = 0u64;
         let mut stop = pin!(stop);
         loop {
             let accepted = poll_fn(|cx| {
@@ -63,16 +114,39 @@ pub(super) fn serve_thread(
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             };
-            if state.active.load(Relaxed) >= state.max_connections {
-                drop(stream);
-                continue;
+            // At capacity, the newcomer takes the place of the oldest
+            // connection that has not sent a request yet (idle, slowloris,
+            // half-open): a flood of them cannot lock scrapes out.
+            if conns.len() >= state.max_connections {
+                if conns.evict_oldest_unfinished() {
+                    connection_dropped("evicted");
+                } else {
+                    connection_dropped("full");
+                    drop(stream);
+                    continue;
+                }
             }
-            state.active.fetch_add(1, Relaxed);
-            let state = state.clone();
-            tokio::spawn(async move {
-                serve_connection(stream, &state).await;
-                state.active.fetch_sub(1, Relaxed);
+            next_id += 1;
+            let id = next_id;
+            let has_request = Arc::new(AtomicBool::new(false));
+            let task = {
+                let (state, conns, has_request) =
+                    (state.clone(), conns.clone(), has_request.clone());
+                tokio::spawn(async move {
+                    let _leave = Leave(&conns, id);
+                    serve_connection(stream, &state, &has_request).await;
+                })
+            };
+            conns.0.lock().push_back(Conn {
+                id,
+                has_request,
+                abort: task.abort_handle(),
             });
+            // Let the connections read what has arrived (tokio polls its I/O
+            // driver before a yielded task runs again) before the next
+            // accept may evict one: a scraper's request, sent right after it
+            // connected, is read before a flood can push it out.
+            tokio::task::yield_now().await;
         }
     });
 }
@@ -86,14 +160,17 @@ enum Request {
     TooLarge,
 }
 
-async fn serve_connection(mut stream: TcpStream, state: &State) {
+async fn serve_connection(mut stream: TcpStream, state: &State, has_request: &AtomicBool) {
     let _ = stream.set_nodelay(true);
-    let request = match tokio::time::timeout(state.request_timeout, read_request(&mut stream)).await
-    {
+    let request = match tokio::time::timeout(state.head_timeout, read_request(&mut stream)).await {
         Ok(Some(request)) => request,
-        // Timed out, or closed before a whole request: nothing to answer.
-        _ => return,
+        Ok(None) => return, // closed before a whole request
+        Err(_) => {
+            connection_dropped("timeout");
+            return;
+        }
     };
+    has_request.store(true, Relaxed);
     let response = respond(&request, state);
     let _ = tokio::time::timeout(state.request_timeout, async {
         let _ = stream.write_all(&response).await;
@@ -137,6 +214,18 @@ fn parse_head(head: &[u8]) -> Request {
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Request::Malformed;
+    };
+    // The absolute form (`http://host:port/metrics`), which RFC 9112 asks
+    // servers to accept, names the same path.
+    let target = match target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
+        Some(rest) => match rest.find('/') {
+            Some(slash) if slash > 0 => &rest[slash..],
+            _ => return Request::Malformed,
+        },
+        None => target,
     };
     if !version.starts_with("HTTP/1.") || !target.starts_with('/') || method.is_empty() {
         return Request::Malformed;
@@ -259,6 +348,20 @@ mod tests {
             }
         );
         assert_eq!(
+            parse_head(b"GET http://127.0.0.1:9377/metrics?x=1 HTTP/1.1\r\nHost: a"),
+            Request::Get {
+                path: "/metrics".into(),
+                head: false
+            }
+        );
+        assert_eq!(
+            parse_head(b"GET https://host/health HTTP/1.1"),
+            Request::Get {
+                path: "/health".into(),
+                head: false
+            }
+        );
+        assert_eq!(
             parse_head(b"POST /health HTTP/1.1"),
             Request::OtherMethod {
                 path: "/health".into()
@@ -272,6 +375,9 @@ mod tests {
             b"GET /x SPDY/3",
             b"GET /x HTTP/1.1 extra",
             b"\xff\xfe / HTTP/1.1",
+            b"GET http:// HTTP/1.1",
+            b"GET http:///metrics HTTP/1.1",
+            b"GET http://host HTTP/1.1",
         ] {
             assert_eq!(parse_head(junk), Request::Malformed, "{junk:?}");
         }

@@ -192,12 +192,22 @@ impl WatchdogBuilder {
         self
     }
 
-    /// Called on the watchdog thread when a stall is first flagged and again
-    /// at each escalation (2x, 4x, ... the threshold). A panic in it is
-    /// caught, logged and counted (`loopwatch_callback_panics_total`); the
-    /// watchdog goes on. Keep it short: the watchdog waits for it. Do not
-    /// move a clone of the [`Watchdog`] into it: the watchdog would then keep
-    /// itself alive and stop only on an explicit [`Watchdog::shutdown`].
+    /// Called when a stall is first flagged and again at each escalation
+    /// (2x, 4x, ... the threshold), on a thread of its own
+    /// (`loopwatch-callback`), after the stall shows in
+    /// [`Watchdog::health`], `/health` and the metrics.
+    ///
+    /// The watchdog never waits for it: a slow callback (one that sends an
+    /// email or writes to a slow disk) delays only the reports queued behind
+    /// it. Up to 64 reports wait; a report that finds the queue full is not
+    /// given to the callback, and is counted
+    /// (`loopwatch_callback_reports_dropped_total`,
+    /// [`Watchdog::callback_reports_dropped`]). A panic in it is caught,
+    /// logged and counted (`loopwatch_callback_panics_total`); the next
+    /// report is delivered as usual. [`Watchdog::shutdown`] waits at most
+    /// 0.5 s for a callback still running. Do not move a clone of the
+    /// [`Watchdog`] into it: the watchdog would then keep itself alive and
+    /// stop only on an explicit [`Watchdog::shutdown`].
     pub fn on_stall<F>(mut self, callback: F) -> Self
     where
         F: Fn(&StallReport) + Send + Sync + 'static,

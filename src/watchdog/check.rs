@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use super::activity::Activity;
 use super::builder::Config;
+use super::callback::CallbackQueue;
 use super::detect::Thresholds;
 use super::evidence::EvidenceCollector;
 use super::handle::Shared;
@@ -59,7 +60,7 @@ fn heartbeat_interval(config: &Config) -> Duration {
 }
 
 impl Checker {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, callback: Option<CallbackQueue>) -> Self {
         let config = &shared.config;
         Checker {
             thresholds: Thresholds {
@@ -72,7 +73,7 @@ impl Checker {
             stalls: StallMachine::new(config.stall_threshold, config.max_reports_per_minute),
             evidence: EvidenceCollector::new(config.sample_stacks, config.full_stacks),
             recent: RecentStalls::new(config.recent_stalls),
-            reporter: Reporter::new(shared.clone()),
+            reporter: Reporter::new(callback),
             activity: Activity::new(config),
             shared,
         }

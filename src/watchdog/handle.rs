@@ -5,12 +5,13 @@ use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
 use super::builder::Config;
+use super::callback::{CallbackStats, CallbackThread, SHUTDOWN_WAIT};
 use super::process::ProcessStats;
 use super::runtimes::{validate_name, RuntimeEntry, RuntimeSample};
 use super::{check, heartbeat, publish, WatchdogBuilder};
@@ -32,7 +33,7 @@ pub(crate) struct Shared {
     /// and for the exporter.
     pub(crate) process: Mutex<ProcessStats>,
     next_serial: AtomicU64,
-    pub(crate) callback_panics: AtomicU64,
+    pub(crate) callback: Arc<CallbackStats>,
     stopped: AtomicBool,
 }
 
@@ -44,20 +45,33 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// What stopping the watchdog needs.
+struct Threads {
+    stop: mpsc::Sender<()>,
+    watchdog: JoinHandle<()>,
+    callback: Option<CallbackThread>,
+}
+
 struct Inner {
     shared: Arc<Shared>,
-    stop: Mutex<Option<(mpsc::Sender<()>, JoinHandle<()>)>>,
+    threads: Mutex<Option<Threads>>,
 }
 
 impl Inner {
+    /// Stops the watchdog thread (which closes the callback's queue) and
+    /// waits for the callback thread, in all at most about
+    /// [`SHUTDOWN_WAIT`] past the end of the check in progress.
     fn stop(&self) {
-        let Some((tx, thread)) = self.stop.lock().take() else {
+        let Some(threads) = self.threads.lock().take() else {
             return;
         };
         self.shared.stopped.store(true, Relaxed);
-        drop(tx);
-        if thread.thread().id() != std::thread::current().id() {
-            let _ = thread.join();
+        drop(threads.stop);
+        if threads.watchdog.thread().id() != std::thread::current().id() {
+            let _ = threads.watchdog.join();
+        }
+        if let Some(callback) = threads.callback {
+            callback.finish(Instant::now() + SHUTDOWN_WAIT);
         }
         SETTINGS.reset();
         RUNNING.store(false, Relaxed);
@@ -145,7 +159,7 @@ impl Watchdog {
             health: Mutex::new(Arc::new(Health::default())),
             process: Mutex::new(ProcessStats::default()),
             next_serial: AtomicU64::new(1),
-            callback_panics: AtomicU64::new(0),
+            callback: Arc::default(),
             stopped: AtomicBool::new(false),
         });
         if shared.config.sample_stacks {
@@ -163,24 +177,37 @@ impl Watchdog {
                 .name("loopwatch-symbols".into())
                 .spawn(crate::stack::warm_up);
         }
+        let failed = |e| {
+            SETTINGS.reset();
+            RUNNING.store(false, Relaxed);
+            Error::Thread(e)
+        };
+        // The callback runs on a thread of its own, fed by a bounded queue.
+        let (callback, queue) = match shared.config.on_stall.clone() {
+            Some(f) => {
+                let (thread, queue) =
+                    CallbackThread::start(f, shared.callback.clone()).map_err(failed)?;
+                (Some(thread), Some(queue))
+            }
+            None => (None, None),
+        };
         let (stop_tx, stop_rx) = mpsc::channel::<()>();
-        let thread_shared = shared.clone();
         // The first check runs before `start()` returns, so that `health()`
         // has the tasks, calls and process figures from the start.
-        let mut checker = check::Checker::new(thread_shared);
+        let mut checker = check::Checker::new(shared.clone(), queue);
         checker.check();
-        let thread = std::thread::Builder::new()
+        let watchdog = std::thread::Builder::new()
             .name("loopwatch-watchdog".into())
             .spawn(move || check::run(checker, &stop_rx))
-            .map_err(|e| {
-                SETTINGS.reset();
-                RUNNING.store(false, Relaxed);
-                Error::Thread(e)
-            })?;
+            .map_err(failed)?;
         Ok(Watchdog {
             inner: Arc::new(Inner {
                 shared,
-                stop: Mutex::new(Some((stop_tx, thread))),
+                threads: Mutex::new(Some(Threads {
+                    stop: stop_tx,
+                    watchdog,
+                    callback,
+                })),
             }),
         })
     }
@@ -244,8 +271,11 @@ impl Watchdog {
     }
 
     /// Stops the watchdog thread and waits for it (at most about one check
-    /// interval). Every clone of this handle stops watching. Calling it again
-    /// does nothing. Afterwards a new watchdog may be started.
+    /// interval), then for the [`on_stall`](WatchdogBuilder::on_stall)
+    /// callback if one is running, at most 0.5 s more (a slower callback
+    /// finishes on its own thread). Every clone of this handle stops
+    /// watching. Calling it again does nothing. Afterwards a new watchdog may
+    /// be started.
     pub fn shutdown(&self) {
         self.inner.stop();
     }
@@ -257,7 +287,13 @@ impl Watchdog {
 
     /// Panics caught in the [`on_stall`](WatchdogBuilder::on_stall) callback so far.
     pub fn callback_panics(&self) -> u64 {
-        self.inner.shared.callback_panics.load(Relaxed)
+        self.inner.shared.callback.panics.load(Relaxed)
+    }
+
+    /// Reports not given to the [`on_stall`](WatchdogBuilder::on_stall)
+    /// callback because it was too far behind (its queue holds 64 reports).
+    pub fn callback_reports_dropped(&self) -> u64 {
+        self.inner.shared.callback.dropped.load(Relaxed)
     }
 
     /// The stall threshold in force.

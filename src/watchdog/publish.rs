@@ -57,9 +57,20 @@ fn describe() {
         Unit::Count,
         "Panics caught in the on_stall callback."
     );
-    // Make the two series exist from the start, without touching their counts.
+    describe_counter!(
+        CALLBACK_REPORTS_DROPPED_TOTAL,
+        Unit::Count,
+        "Stall reports not given to the on_stall callback because it was too far behind."
+    );
+    describe_counter!(
+        EXPORTER_CONNECTIONS_DROPPED_TOTAL,
+        Unit::Count,
+        "Connections the exporter closed without an answer: reason=evicted (the oldest without a request, to make room), full (no room), timeout (no whole request in time)."
+    );
+    // Make the series exist from the start, without touching their counts.
     counter!(REPORTS_SUPPRESSED_TOTAL).increment(0);
     counter!(CALLBACK_PANICS_TOTAL).increment(0);
+    counter!(CALLBACK_REPORTS_DROPPED_TOTAL).increment(0);
 }
 
 pub(crate) fn stall_flagged(runtime: &str) {
@@ -91,6 +102,16 @@ pub(crate) fn runtime_gone(runtime: &str) {
 
 pub(crate) fn report_suppressed() {
     counter!(REPORTS_SUPPRESSED_TOTAL).increment(1);
+}
+
+/// A connection the exporter closed without an answer, and why.
+#[cfg(feature = "exporter")]
+pub(crate) fn connection_dropped(reason: &'static str) {
+    counter!(EXPORTER_CONNECTIONS_DROPPED_TOTAL, "reason" => reason).increment(1);
+}
+
+pub(crate) fn callback_report_dropped() {
+    counter!(CALLBACK_REPORTS_DROPPED_TOTAL).increment(1);
 }
 
 pub(crate) fn callback_panicked() {

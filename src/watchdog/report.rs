@@ -2,14 +2,11 @@
 //! ([`Reporter`]: the `tracing` log, the metrics, the `on_stall` callback).
 
 use std::fmt;
-use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Serialize, Serializer};
 
-use super::handle::Shared;
+use super::callback::CallbackQueue;
 use super::publish;
 use super::runtimes::{RuntimeRef, Watched};
 use crate::clock::unix_seconds;
@@ -108,7 +105,7 @@ fn as_seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 /// Sends stall reports and stall ends to the log, the metrics and the
 /// callback.
 pub(crate) struct Reporter {
-    shared: Arc<Shared>,
+    callback: Option<CallbackQueue>,
 }
 
 impl fmt::Debug for Reporter {
@@ -118,8 +115,8 @@ impl fmt::Debug for Reporter {
 }
 
 impl Reporter {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
-        Reporter { shared }
+    pub(crate) fn new(callback: Option<CallbackQueue>) -> Self {
+        Reporter { callback }
     }
 
     /// A stall flagged now (`escalation == 0`) or escalated.
@@ -165,7 +162,11 @@ impl Reporter {
                 }
             );
         }
-        self.callback(report);
+        // Handed to the callback's own thread: a slow callback never holds
+        // up the next check.
+        if let Some(callback) = &self.callback {
+            callback.send(report);
+        }
     }
 
     /// A report held back by the rate limit; `new` when it was a stall's first.
@@ -228,17 +229,6 @@ impl Reporter {
             history.last_gauges = now;
             let age = monitor.heartbeat_age_ns(now);
             publish::runtime_gauges(name, stalled, unix_seconds() - age as f64 / 1e9);
-        }
-    }
-
-    fn callback(&self, report: &StallReport) {
-        let Some(callback) = &self.shared.config.on_stall else {
-            return;
-        };
-        if catch_unwind(AssertUnwindSafe(|| callback(report))).is_err() {
-            self.shared.callback_panics.fetch_add(1, Relaxed);
-            publish::callback_panicked();
-            tracing::error!(target: "loopwatch", "the on_stall callback panicked; the watchdog goes on");
         }
     }
 }
