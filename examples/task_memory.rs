@@ -1,4 +1,7 @@
-//! Memory per live task, and memory after 1,000,000 tasks have come and gone.
+//! Memory per live task, memory after 1,000,000 tasks have come and gone,
+//! and memory after 10,000,000 instrumented polls, with the exporter
+//! installed and never scraped (as in an application nobody scrapes for a
+//! while).
 //!
 //! ```text
 //! cargo run --release --example task_memory
@@ -7,8 +10,10 @@
 //! Measures resident memory (Linux `/proc/self/statm`, after giving freed
 //! memory back to the OS with `malloc_trim`) around: 100,000 live tasks spawned
 //! with `tokio::spawn` (the baseline) and with `loopwatch::spawn_named`; then
-//! 1,000,000 loopwatch tasks spawned and finished in batches. Exits non-zero if
-//! memory after the million is more than 1 MiB above where it started.
+//! 1,000,000 loopwatch tasks spawned and finished in batches; then 10,000,000
+//! polls of instrumented tasks, with the watchdog thread's CPU time over
+//! them. Exits non-zero if memory after the million tasks or after the
+//! polls is more than 1 MiB above where it started.
 
 use std::future::pending;
 use std::time::Duration;
@@ -20,9 +25,14 @@ use measure::resident;
 const LIVE: usize = 100_000;
 const TOTAL: usize = 1_000_000;
 const BATCH: usize = 10_000;
+const POLLS: usize = 10_000_000;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let watchdog = loopwatch::Watchdog::builder().start()?;
+    // Installed and never scraped: nothing may pile up waiting for a scrape.
+    let exporter = loopwatch::Exporter::builder()
+        .bind("127.0.0.1:0".parse()?)
+        .start(&watchdog)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -65,9 +75,59 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (end as i64 - start as i64) / 1024,
         health.tasks.alive
     );
-    watchdog.shutdown();
     if end > start + 1024 * 1024 {
         return Err("memory did not return to its level before the million tasks".into());
+    }
+
+    let watchdog_cpu = measure::thread_cpu_clock("loopwatch-watch");
+    let cpu_before = watchdog_cpu.as_ref().map(|c| c()).transpose()?;
+    let before_polls = resident()?;
+    let began = std::time::Instant::now();
+    rt.block_on(async {
+        // 1,000 tasks of 10,000 polls each, two at a time per worker.
+        let per_task = 10_000;
+        for _ in 0..POLLS / per_task / 100 {
+            let handles: Vec<_> = (0..100)
+                .map(|_| {
+                    loopwatch::spawn_named("memory.polls", async move {
+                        for _ in 0..per_task - 1 {
+                            tokio::task::yield_now().await;
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.await.expect("task");
+            }
+        }
+    });
+    let took = began.elapsed();
+    std::thread::sleep(Duration::from_millis(1200)); // the once-a-second publication
+    let after_polls = resident()?;
+    let cpu = match (watchdog_cpu, cpu_before) {
+        (Some(clock), Some(before)) => format!(
+            "; watchdog thread CPU {:.0} ms over {:.1} s",
+            (clock()? - before).as_secs_f64() * 1e3,
+            took.as_secs_f64()
+        ),
+        _ => String::new(),
+    };
+    println!(
+        "{POLLS} instrumented polls, exporter never scraped: resident {} KiB before, {} KiB after ({:+} KiB){cpu}",
+        before_polls / 1024,
+        after_polls / 1024,
+        (after_polls as i64 - before_polls as i64) / 1024,
+    );
+    // Now one scrape: every poll is in the histogram's count.
+    let counted = scrape_poll_count(exporter.local_addr(), "memory.polls")?;
+    println!("  the first scrape afterwards counts {counted} polls of memory.polls");
+    exporter.shutdown();
+    watchdog.shutdown();
+    if counted != POLLS as u64 {
+        return Err(format!("{counted} polls counted, {POLLS} made").into());
+    }
+    if after_polls > before_polls + 1024 * 1024 {
+        return Err("memory grew with the number of polls".into());
     }
     Ok(())
 }
@@ -101,4 +161,22 @@ fn live_tasks(rt: &tokio::runtime::Runtime, n: usize, instrumented: bool) -> f64
     });
     // The handles vector itself is part of both measurements alike.
     (during as f64 - before as f64) / n as f64
+}
+
+/// `loopwatch_poll_duration_seconds_count` of `task`, from one scrape.
+fn scrape_poll_count(
+    addr: std::net::SocketAddr,
+    task: &str,
+) -> Result<u64, Box<dyn std::error::Error>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    let mut body = String::new();
+    stream.read_to_string(&mut body)?;
+    let series = format!("loopwatch_poll_duration_seconds_count{{task=\"{task}\"}} ");
+    Ok(body
+        .lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .ok_or("no poll count in the exposition")?
+        .parse()?)
 }

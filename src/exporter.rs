@@ -17,10 +17,10 @@ use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use parking_lot::Mutex;
 
-use crate::{metric_names, Error, Watchdog};
+use crate::{Error, Watchdog};
 
 /// The recorder loopwatch installed, kept for later exporters in the process.
 static INSTALLED: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -217,27 +217,11 @@ fn recorder_handle(provided: Option<PrometheusHandle>) -> Result<PrometheusHandl
     if let Some(handle) = INSTALLED.get() {
         return Ok(handle.clone());
     }
-    let recorder = buckets(PrometheusBuilder::new()).build_recorder();
+    let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|_| Error::RecorderInstalled)?;
     let _ = INSTALLED.set(handle.clone());
     // Series described before this recorder existed went nowhere.
     crate::watchdog::describe_all();
     Ok(handle)
-}
-
-/// Histogram buckets that fit each series.
-fn buckets(builder: PrometheusBuilder) -> PrometheusBuilder {
-    let stall = [
-        1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
-    ];
-    let lag = [
-        0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    ];
-    let set = |b: PrometheusBuilder, name: &str, values: &[f64]| {
-        b.set_buckets_for_metric(Matcher::Full(name.to_owned()), values)
-            .expect("bucket lists are not empty")
-    };
-    let builder = set(builder, metric_names::STALL_DURATION_SECONDS, &stall);
-    set(builder, metric_names::HEARTBEAT_LAG_SECONDS, &lag)
 }

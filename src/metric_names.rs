@@ -6,11 +6,13 @@
 //! others a `runtime` label (the name given to
 //! [`watch_runtime`](crate::Watchdog::watch_runtime)), except where said.
 //!
-//! Most are recorded through the [`metrics`](https://docs.rs/metrics) facade
-//! by the watchdog thread. The duration histograms [`POLL_DURATION_SECONDS`]
-//! and [`CALL_DURATION_SECONDS`] are aggregated where they are recorded
-//! (exact count and sum) and, like the runtime and process series, rendered
-//! by the [`Exporter`](crate::Exporter) itself.
+//! Counters and gauges are recorded through the
+//! [`metrics`](https://docs.rs/metrics) facade by the watchdog thread. The
+//! histograms ([`POLL_DURATION_SECONDS`], [`CALL_DURATION_SECONDS`],
+//! [`STALL_DURATION_SECONDS`], [`HEARTBEAT_LAG_SECONDS`]) are aggregated
+//! where they are recorded (fixed buckets, exact count and sum, so memory
+//! does not wait for a scrape) and, like the runtime and process series,
+//! rendered by the [`Exporter`](crate::Exporter) itself.
 //!
 //! ```
 //! assert_eq!(loopwatch::metric_names::STALLS_TOTAL, "loopwatch_stalls_total");

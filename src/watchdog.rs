@@ -15,7 +15,8 @@
 //! - [`activity`]: task, call and process figures, read on their own schedule;
 //! - [`process`]: the process's resources from `/proc`;
 //! - [`snapshot`]: the health snapshot, assembled once per check;
-//! - [`publish`]: what is recorded through the `metrics` facade.
+//! - [`publish`]: what is recorded through the `metrics` facade;
+//! - [`histograms`]: the per-runtime histograms, aggregated where recorded.
 
 mod activity;
 mod builder;
@@ -25,6 +26,7 @@ mod detect;
 mod evidence;
 mod handle;
 mod heartbeat;
+mod histograms;
 mod process;
 mod publish;
 mod recent;
@@ -38,6 +40,8 @@ pub use handle::Watchdog;
 pub use report::StallReport;
 
 // What the exporter reads.
+#[cfg(feature = "exporter")]
+pub(crate) use histograms::{snapshot as runtime_histograms, Fixed, RuntimeHistograms};
 #[cfg(feature = "exporter")]
 pub(crate) use process::ProcessStats;
 #[cfg(feature = "exporter")]

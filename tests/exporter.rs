@@ -309,6 +309,52 @@ fn unstable_runtime_metrics_are_exported() {
     watchdog.shutdown();
 }
 
+/// Stall lengths and heartbeat lags are histograms aggregated where they are
+/// recorded: exact count and sum, whether or not anyone scraped meanwhile.
+#[test]
+fn stall_lengths_and_heartbeat_lags_are_exact_histograms() {
+    let _serial = serial();
+    let (watchdog, exporter) = start(Duration::from_millis(500));
+    let rt = multi_thread(2);
+    watchdog.watch_runtime("hist", rt.handle()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    for ms in [1500, 900] {
+        let t = rt.spawn(async move { std::thread::sleep(Duration::from_millis(ms)) });
+        rt.block_on(t).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let body = get(exporter.local_addr(), "/metrics").body;
+    let value = |series: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} missing from\n{body}"))
+            .parse()
+            .unwrap()
+    };
+    let stalls = "loopwatch_stall_duration_seconds";
+    assert_eq!(value(&format!("{stalls}_count{{runtime=\"hist\"}}")), 2.0);
+    let sum = value(&format!("{stalls}_sum{{runtime=\"hist\"}}"));
+    // Stalls of 1.5 s and 0.9 s, each seen from the threshold's crossing on.
+    assert!((1.8..=3.0).contains(&sum), "{sum}");
+    assert_eq!(
+        value(&format!("{stalls}_bucket{{runtime=\"hist\",le=\"1\"}}")),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(
+        value(&format!("{stalls}_bucket{{runtime=\"hist\",le=\"2\"}}")),
+        2.0
+    );
+    let lags = value("loopwatch_heartbeat_lag_seconds_count{runtime=\"hist\"}");
+    assert!(lags > 10.0, "a lag at each beat: {lags}");
+    assert_eq!(
+        value("loopwatch_heartbeat_lag_seconds_bucket{runtime=\"hist\",le=\"+Inf\"}"),
+        lags
+    );
+    exporter.shutdown();
+    watchdog.shutdown();
+}
+
 /// Poll and call durations come out with their exact count and sum, in
 /// cumulative buckets.
 #[test]

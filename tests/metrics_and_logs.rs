@@ -179,27 +179,10 @@ fn a_stall_is_logged_and_recorded_in_every_stall_metric() {
         "heartbeat at {stamp}, now {unix_now}"
     );
 
-    let stalls: Vec<f64> = observed
-        .histograms
-        .iter()
-        .filter(|(n, _, _)| n == "loopwatch_stall_duration_seconds")
-        .map(|h| h.2)
-        .collect();
-    assert_eq!(stalls.len(), 2, "{stalls:?}");
-    assert!(
-        (1.2..=2.2).contains(&stalls[0]),
-        "first stall lasted 1.5 s: {stalls:?}"
-    );
-    assert!(
-        (0.6..=1.6).contains(&stalls[1]),
-        "second stall lasted 0.9 s: {stalls:?}"
-    );
-    let lags = observed
-        .histograms
-        .iter()
-        .filter(|(n, _, _)| n == "loopwatch_heartbeat_lag_seconds")
-        .count();
-    assert!(lags > 10, "heartbeat lag recorded at each beat: {lags}");
+    // Histograms are aggregated by loopwatch and rendered by its exporter
+    // (tests/exporter.rs), never recorded one observation at a time through
+    // the facade.
+    assert!(observed.histograms.is_empty(), "{:?}", observed.histograms);
 
     // Tasks and calls, by name.
     rt.block_on(async {
@@ -259,9 +242,7 @@ fn a_stall_is_logged_and_recorded_in_every_stall_metric() {
     );
     // Poll and call durations are rendered exactly by loopwatch's exporter
     // (tests/exporter.rs); they are not re-recorded through the facade.
-    assert!(!observed.histograms.iter().any(|(n, _, _)| {
-        n == "loopwatch_call_duration_seconds" || n == "loopwatch_poll_duration_seconds"
-    }));
+    assert!(observed.histograms.is_empty(), "{:?}", observed.histograms);
 
     let logs = observed.logs.text();
     let warnings: Vec<&str> = logs

@@ -9,7 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::instrument::names::{self, BucketCounts, Buckets, BUCKETS};
 use crate::metric_names as n;
-use crate::watchdog::{ProcessStats, RuntimeSample};
+use crate::watchdog::{Fixed, ProcessStats, RuntimeHistograms, RuntimeSample};
 use crate::Watchdog;
 
 /// The whole exposition.
@@ -20,6 +20,7 @@ pub(super) fn metrics(handle: &PrometheusHandle, watchdog: &Watchdog) -> String 
         text.push('\n');
     }
     render_durations(&mut text);
+    render_runtime_histograms(&mut text, &crate::watchdog::runtime_histograms());
     render_runtimes(&mut text, &watchdog.runtime_samples());
     render_process(&mut text, &watchdog.process_stats());
     text
@@ -93,6 +94,58 @@ fn histogram_family(
             b.sum_ns as f64 / 1e9
         );
         let _ = writeln!(out, "{name}_count{{{label}=\"{value}\"}} {cumulative}");
+    }
+}
+
+fn render_runtime_histograms(out: &mut String, runtimes: &[RuntimeHistograms]) {
+    let stalls: Vec<(&str, &Fixed)> = runtimes
+        .iter()
+        .filter(|r| r.stalls.count > 0)
+        .map(|r| (&*r.runtime, &r.stalls))
+        .collect();
+    let lags: Vec<(&str, &Fixed)> = runtimes
+        .iter()
+        .filter(|r| r.lag.count > 0)
+        .map(|r| (&*r.runtime, &r.lag))
+        .collect();
+    fixed_family(
+        out,
+        n::STALL_DURATION_SECONDS,
+        "Length of each stall, observed when it ends.",
+        &stalls,
+    );
+    fixed_family(
+        out,
+        n::HEARTBEAT_LAG_SECONDS,
+        "How late the runtime's heartbeat task ran (scheduling delay).",
+        &lags,
+    );
+}
+
+/// A histogram family with fixed bounds, one series per runtime.
+fn fixed_family(out: &mut String, name: &str, help: &str, series: &[(&str, &Fixed)]) {
+    if series.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (runtime, h) in series {
+        let runtime = escape(runtime);
+        let mut cumulative = 0;
+        for (bound, count) in h.bounds.iter().zip(&h.counts) {
+            cumulative += count;
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{runtime=\"{runtime}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{runtime=\"{runtime}\",le=\"+Inf\"}} {}",
+            h.count
+        );
+        let _ = writeln!(out, "{name}_sum{{runtime=\"{runtime}\"}} {}", h.sum);
+        let _ = writeln!(out, "{name}_count{{runtime=\"{runtime}\"}} {}", h.count);
     }
 }
 

@@ -1,4 +1,5 @@
-//! What the watchdog records through the `metrics` facade.
+//! What the watchdog records through the `metrics` facade (counters and
+//! gauges; its histograms are aggregated in [`histograms`]).
 //!
 //! Only the watchdog thread records here, a few times per check: handles are
 //! looked up at each call, so a recorder installed after the watchdog started
@@ -6,10 +7,9 @@
 
 use std::time::Duration;
 
-use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
-};
+use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
 
+use super::histograms;
 use crate::metric_names::*;
 
 /// Describes every series (help text and unit) to the installed recorder.
@@ -32,16 +32,6 @@ fn describe() {
         "Stalls whose stuck thread was on a CPU when first reported (a CPU hog, not a blocking call)."
     );
     describe_gauge!(STALLED_WORKERS, Unit::Count, "Workers stalled now.");
-    describe_histogram!(
-        STALL_DURATION_SECONDS,
-        Unit::Seconds,
-        "Length of each stall, observed when it ends."
-    );
-    describe_histogram!(
-        HEARTBEAT_LAG_SECONDS,
-        Unit::Seconds,
-        "How late the runtime's heartbeat task ran (scheduling delay)."
-    );
     describe_gauge!(
         HEARTBEAT_TIMESTAMP_SECONDS,
         Unit::Seconds,
@@ -81,13 +71,14 @@ pub(crate) fn stall_on_cpu(runtime: &str) {
     counter!(CPU_BOUND_STALLS_TOTAL, "runtime" => runtime.to_owned()).increment(1);
 }
 
+/// Histograms are aggregated here, not handed to the facade, whose
+/// Prometheus recorder would keep every observation until the next scrape.
 pub(crate) fn stall_ended(runtime: &str, duration: Duration) {
-    histogram!(STALL_DURATION_SECONDS, "runtime" => runtime.to_owned())
-        .record(duration.as_secs_f64());
+    histograms::stall_ended(runtime, duration.as_secs_f64());
 }
 
 pub(crate) fn heartbeat(runtime: &str, lag_ns: u64) {
-    histogram!(HEARTBEAT_LAG_SECONDS, "runtime" => runtime.to_owned()).record(lag_ns as f64 / 1e9);
+    histograms::heartbeat_lag(runtime, lag_ns as f64 / 1e9);
 }
 
 pub(crate) fn runtime_gauges(runtime: &str, stalled: usize, heartbeat_unix: f64) {
