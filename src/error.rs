@@ -84,6 +84,16 @@ pub enum Error {
         name: String,
     },
 
+    /// The same runtime (by tokio's runtime id) is already watched under
+    /// another name: its stalls would be counted twice.
+    #[error("loopwatch: this runtime is already watched as {watched_as:?}; watch each runtime once (asked to watch it again as {name:?})")]
+    RuntimeAlreadyWatched {
+        /// The name given now.
+        name: String,
+        /// The name it is watched under.
+        watched_as: String,
+    },
+
     /// The runtime has already been shut down; there is nothing to watch.
     #[error("loopwatch: runtime {name:?} has been shut down; watch a running runtime")]
     RuntimeShutDown {
@@ -107,7 +117,7 @@ pub enum Error {
 
     /// A setting of [`WatchdogBuilder`](crate::WatchdogBuilder) (`stack_signal`,
     /// `resident_memory_limit`) or of `ExporterBuilder` (`max_connections`,
-    /// `request_timeout`) cannot work.
+    /// `head_timeout`, `request_timeout`) cannot work.
     #[error("loopwatch: `{setting}` {reason}")]
     InvalidSetting {
         /// The builder method.

@@ -46,6 +46,8 @@ static INSTALLED: OnceLock<PrometheusHandle> = OnceLock::new();
 #[must_use = "dropping the exporter stops it and frees its port; keep it for as long as it should serve"]
 pub struct Exporter {
     local_addr: SocketAddr,
+    /// The process that started it; a child made by `fork()` has no thread to join.
+    pid: u32,
     stop: Mutex<Option<(tokio::sync::oneshot::Sender<()>, JoinHandle<()>)>>,
 }
 
@@ -88,9 +90,15 @@ impl Exporter {
         self.local_addr
     }
 
-    /// Stops serving, joins the thread and frees the port. Calling it again does nothing.
+    /// Stops serving, joins the thread and frees the port. Calling it again
+    /// does nothing. In a child process made by `fork()` it returns at once:
+    /// the server thread stayed in the parent, which goes on serving.
     pub fn shutdown(&self) {
         if let Some((stop, thread)) = self.stop.lock().take() {
+            if std::process::id() != self.pid {
+                std::mem::forget((stop, thread));
+                return;
+            }
             let _ = stop.send(());
             let _ = thread.join();
         }
@@ -205,6 +213,7 @@ impl ExporterBuilder {
             .map_err(Error::Thread)?;
         Ok(Exporter {
             local_addr,
+            pid: std::process::id(),
             stop: Mutex::new(Some((stop_tx, thread))),
         })
     }

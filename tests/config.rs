@@ -206,12 +206,32 @@ fn bad_runtime_names_are_refused() {
             "{name:?}: {err:?}"
         );
     }
-    w.watch_runtime(&"x".repeat(128), rt.handle()).unwrap();
+    let other = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    w.watch_runtime(&"x".repeat(128), other.handle()).unwrap();
     w.watch_runtime("main", rt.handle()).unwrap();
-    let err = w.watch_runtime("main", rt.handle()).unwrap_err();
+    let third = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let err = w.watch_runtime("main", third.handle()).unwrap_err();
     assert!(
         matches!(err, Error::DuplicateRuntime { ref name } if name == "main"),
         "{err:?}"
+    );
+    // The same runtime under a second name would count its stalls twice.
+    let err = w.watch_runtime("again", rt.handle()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::RuntimeAlreadyWatched { ref name, ref watched_as }
+                if name == "again" && watched_as == "main"
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("already watched as \"main\""),
+        "{err}"
     );
     w.shutdown();
     let err = w.watch_runtime("other", rt.handle()).unwrap_err();

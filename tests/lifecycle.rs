@@ -200,6 +200,38 @@ fn reports_a_stuck_callback_cannot_take_are_dropped_and_counted() {
 }
 
 #[test]
+fn shutdown_ends_the_heartbeat_task_on_every_watched_runtime() {
+    let _serial = serial();
+    let rt = multi_thread(2);
+    let current = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let alive = |rt: &tokio::runtime::Runtime| rt.metrics().num_alive_tasks();
+    for _ in 0..100 {
+        let watchdog = Watchdog::builder().start().unwrap();
+        watchdog.watch_runtime("cycled", rt.handle()).unwrap();
+        watchdog
+            .watch_runtime("cycled.current", current.handle())
+            .unwrap();
+        watchdog.shutdown();
+    }
+    // Each ends at its next poll: the multi-thread runtime runs it at once,
+    // the current-thread one when it is next driven.
+    current.block_on(async {
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+    });
+    assert!(
+        wait_until(Duration::from_secs(2), || alive(&rt) == 0
+            && alive(&current) == 0),
+        "heartbeat tasks left: {} and {}",
+        alive(&rt),
+        alive(&current)
+    );
+}
+
+#[test]
 fn shutdown_joins_the_thread_within_one_interval() {
     let _serial = serial();
     let interval = Duration::from_millis(200);

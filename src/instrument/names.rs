@@ -162,8 +162,16 @@ static OVERFLOWED: AtomicBool = AtomicBool::new(false);
 /// Returns the entry for `name`, creating it on first use (or `other` past
 /// the cap). Called when instrumented work is created, never per poll.
 pub(crate) fn intern(name: &'static str) -> &'static NameEntry {
-    if let Some(entry) = REGISTRY.read().by_name.get(name) {
-        return entry;
+    {
+        let registry = REGISTRY.read();
+        if let Some(entry) = registry.by_name.get(name) {
+            return entry;
+        }
+        // Past the cap, a new name costs no more than a known one: no
+        // exclusive lock, nothing stored.
+        if OVERFLOWED.load(Relaxed) {
+            return registry.other;
+        }
     }
     let mut registry = REGISTRY.write();
     if let Some(entry) = registry.by_name.get(name) {

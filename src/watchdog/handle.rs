@@ -2,7 +2,7 @@
 //! with the watchdog thread.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,8 +18,30 @@ use super::{check, heartbeat, publish, WatchdogBuilder};
 use crate::instrument::settings::SETTINGS;
 use crate::{Error, Health};
 
-/// Only one watchdog runs per process.
-static RUNNING: AtomicBool = AtomicBool::new(false);
+/// Only one watchdog runs per process: the id of the process whose
+/// watchdog runs, 0 if none. A child made by `fork()` inherits its parent's
+/// id here but none of its threads, so it may start its own.
+static RUNNING: AtomicU32 = AtomicU32::new(0);
+
+/// Takes the one-watchdog slot for this process.
+fn claim_running() -> Result<(), Error> {
+    let me = std::process::id();
+    let mut owner = RUNNING.load(Relaxed);
+    loop {
+        if owner == me {
+            return Err(Error::AlreadyRunning);
+        }
+        // Free, or held by the parent this process was forked from.
+        match RUNNING.compare_exchange(owner, me, Relaxed, Relaxed) {
+            Ok(_) => return Ok(()),
+            Err(now) => owner = now,
+        }
+    }
+}
+
+fn release_running() {
+    let _ = RUNNING.compare_exchange(std::process::id(), 0, Relaxed, Relaxed);
+}
 
 /// State shared by the handles and the watchdog thread.
 pub(crate) struct Shared {
@@ -34,6 +56,9 @@ pub(crate) struct Shared {
     pub(crate) process: Mutex<ProcessStats>,
     next_serial: AtomicU64,
     pub(crate) callback: Arc<CallbackStats>,
+    /// The process that started the watchdog; in a child made by `fork()`
+    /// the watchdog's threads do not exist.
+    pid: u32,
     stopped: AtomicBool,
 }
 
@@ -66,15 +91,33 @@ impl Inner {
             return;
         };
         self.shared.stopped.store(true, Relaxed);
+        if self.shared.forked() {
+            // The threads belong to the parent: joining them would wait
+            // forever, and the settings and slot are the child's own now.
+            std::mem::forget(threads);
+            return;
+        }
         drop(threads.stop);
         if threads.watchdog.thread().id() != std::thread::current().id() {
             let _ = threads.watchdog.join();
+        }
+        // Each watched runtime's heartbeat task ends at its next poll.
+        for entry in self.shared.runtimes.lock().drain(..) {
+            entry.beat.stop();
         }
         if let Some(callback) = threads.callback {
             callback.finish(Instant::now() + SHUTDOWN_WAIT);
         }
         SETTINGS.reset();
-        RUNNING.store(false, Relaxed);
+        release_running();
+    }
+}
+
+impl Shared {
+    /// Whether this is a child process made by `fork()` after the watchdog
+    /// started (its threads stayed in the parent).
+    pub(crate) fn forked(&self) -> bool {
+        std::process::id() != self.pid
     }
 }
 
@@ -145,12 +188,7 @@ impl Watchdog {
 
     /// Starts the watchdog thread with validated settings.
     pub(super) fn launch(config: Config) -> Result<Watchdog, Error> {
-        if RUNNING
-            .compare_exchange(false, true, Relaxed, Relaxed)
-            .is_err()
-        {
-            return Err(Error::AlreadyRunning);
-        }
+        claim_running()?;
         publish::describe_all();
         SETTINGS.apply(config.blocking_threshold, config.slow_call_threshold);
         let shared = Arc::new(Shared {
@@ -160,6 +198,7 @@ impl Watchdog {
             process: Mutex::new(ProcessStats::default()),
             next_serial: AtomicU64::new(1),
             callback: Arc::default(),
+            pid: std::process::id(),
             stopped: AtomicBool::new(false),
         });
         if shared.config.sample_stacks {
@@ -179,7 +218,7 @@ impl Watchdog {
         }
         let failed = |e| {
             SETTINGS.reset();
-            RUNNING.store(false, Relaxed);
+            release_running();
             Error::Thread(e)
         };
         // The callback runs on a thread of its own, fed by a bounded queue.
@@ -224,13 +263,16 @@ impl Watchdog {
     /// - [`Error::InvalidName`]: `name` is empty, longer than
     ///   [`MAX_NAME_LEN`](Watchdog::MAX_NAME_LEN) bytes, or has control characters.
     /// - [`Error::DuplicateRuntime`]: a runtime is already watched under `name`.
+    /// - [`Error::RuntimeAlreadyWatched`]: this runtime (by tokio's runtime
+    ///   id) is already watched under another name.
     /// - [`Error::RuntimeShutDown`]: the runtime has already shut down.
-    /// - [`Error::ShutDown`]: this watchdog has been shut down.
+    /// - [`Error::ShutDown`]: this watchdog has been shut down, or this is a
+    ///   child process made by `fork()` and the watchdog is the parent's.
     pub fn watch_runtime(&self, name: &str, handle: &Handle) -> Result<(), Error> {
         let shared = &self.inner.shared;
         validate_name(name)?;
         let mut runtimes = shared.runtimes.lock();
-        if shared.stopped.load(Relaxed) {
+        if shared.stopped.load(Relaxed) || shared.forked() {
             return Err(Error::ShutDown);
         }
         if runtimes
@@ -238,6 +280,15 @@ impl Watchdog {
             .any(|r| &*r.name == name && r.beat.view().alive)
         {
             return Err(Error::DuplicateRuntime { name: name.into() });
+        }
+        if let Some(same) = runtimes
+            .iter()
+            .find(|r| r.handle.id() == handle.id() && r.beat.view().alive)
+        {
+            return Err(Error::RuntimeAlreadyWatched {
+                name: name.into(),
+                watched_as: same.name.to_string(),
+            });
         }
         runtimes.retain(|r| &*r.name != name);
         let beat = heartbeat::Beat::new();
@@ -266,23 +317,42 @@ impl Watchdog {
     /// The status is `stalled` while any worker is stalled; after a stall it
     /// is `degraded` for a minute (the stall shows in `issues`), then
     /// `healthy` again.
+    ///
+    /// In a child process made by `fork()`, the watchdog inherited from the
+    /// parent watches nothing (its thread stayed in the parent): its health
+    /// is `degraded` with an issue that says so, never the parent's state.
     pub fn health(&self) -> Health {
-        Health::clone(&self.inner.shared.health.lock())
+        let shared = &self.inner.shared;
+        if shared.forked() {
+            return Health {
+                status: crate::Status::Degraded,
+                issues: vec![format!(
+                    "this watchdog was started by process {} and watches nothing in this forked child (process {}); start a new one here",
+                    shared.pid,
+                    std::process::id()
+                )],
+                ..Health::default()
+            };
+        }
+        Health::clone(&shared.health.lock())
     }
 
     /// Stops the watchdog thread and waits for it (at most about one check
-    /// interval), then for the [`on_stall`](WatchdogBuilder::on_stall)
+    /// interval), ends the heartbeat task of every watched runtime (at its
+    /// next poll), then waits for the [`on_stall`](WatchdogBuilder::on_stall)
     /// callback if one is running, at most 0.5 s more (a slower callback
     /// finishes on its own thread). Every clone of this handle stops
     /// watching. Calling it again does nothing. Afterwards a new watchdog may
-    /// be started.
+    /// be started. In a child process made by `fork()` it returns at once
+    /// (the threads stayed in the parent), and the child may start its own
+    /// watchdog whether or not it calls this.
     pub fn shutdown(&self) {
         self.inner.stop();
     }
 
     /// Whether the watchdog thread is running.
     pub fn is_running(&self) -> bool {
-        !self.inner.shared.stopped.load(Relaxed)
+        !self.inner.shared.stopped.load(Relaxed) && !self.inner.shared.forked()
     }
 
     /// Panics caught in the [`on_stall`](WatchdogBuilder::on_stall) callback so far.

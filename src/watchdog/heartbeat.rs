@@ -31,8 +31,11 @@ pub(crate) struct Beat {
     last_lag: AtomicU64,
     /// Runs so far.
     beats: AtomicU64,
-    /// False once the task has been dropped (its runtime shut down).
+    /// False once the task has been dropped (its runtime shut down, or it
+    /// ended after `stop`).
     alive: AtomicBool,
+    /// Set when the watchdog stops: the task ends at its next poll.
+    stopped: AtomicBool,
     /// Kernel id of the thread the task last ran on (0 = unknown): for a
     /// current-thread runtime, the thread that drives it.
     driver_tid: AtomicI64,
@@ -77,13 +80,23 @@ impl Beat {
         }
     }
 
+    /// Ends the heartbeat task (at its next poll, which this wakes).
+    pub(crate) fn stop(&self) {
+        self.stopped.store(true, Relaxed);
+        let waker = self.waker.lock().take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// Records the thread that drives the runtime (the caller).
     pub(crate) fn set_driver_to_current_thread(&self) {
         self.driver_tid.store(crate::stack::current_tid(), Relaxed);
     }
 }
 
-/// The heartbeat task's future. Never completes; dropped when its runtime shuts down.
+/// The heartbeat task's future. Completes only when the watchdog stops;
+/// dropped when its runtime shuts down.
 #[derive(Debug)]
 pub(crate) struct Heartbeat {
     beat: Arc<Beat>,
@@ -105,8 +118,11 @@ impl Future for Heartbeat {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let _guard = slot::enter(&NAME);
         let beat = &self.beat;
+        if beat.stopped.load(Relaxed) {
+            return Poll::Ready(());
+        }
+        let _guard = slot::enter(&NAME);
         let pending = beat.pending_since.swap(0, Relaxed);
         let now = now_ns();
         if pending != 0 {
@@ -116,6 +132,11 @@ impl Future for Heartbeat {
         beat.beats.fetch_add(1, Relaxed);
         beat.set_driver_to_current_thread();
         let mut waker = beat.waker.lock();
+        // Again under the lock: a `stop` that took the waker before this
+        // poll stored its own is seen here, so the task never sleeps forever.
+        if beat.stopped.load(Relaxed) {
+            return Poll::Ready(());
+        }
         match &*waker {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => *waker = Some(cx.waker().clone()),
