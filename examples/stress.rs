@@ -10,6 +10,17 @@
 //! cargo run --release --example stress -- --duration 15 --stall-threshold 1s --output results.json
 //! ```
 //!
+//! `--soak SECONDS` runs the same workload for that long (at least 30 s),
+//! with a stall injected every 30 s after the schedule, `/metrics` scraped
+//! every second and resident memory sampled every 10 s: it also checks that
+//! every scrape was answered and that memory is flat after warm-up (under
+//! 1 % growth over the second half of the run: the median of its last third
+//! against that of its first), and writes the samples to the JSON output.
+//!
+//! ```text
+//! cargo run --release --example stress -- --soak 600 --output soak.json
+//! ```
+//!
 //! `--scale` runs the scale mode instead: 1,000,000 tasks through the system
 //! while 10,000 stay alive; it reports peak resident memory, bytes per live
 //! task, the watchdog thread's CPU share, and that memory returns to where it
@@ -35,6 +46,7 @@ struct Options {
     seed: u64,
     output: Option<String>,
     scale: bool,
+    soak: bool,
 }
 
 fn options() -> Result<Options, String> {
@@ -44,6 +56,7 @@ fn options() -> Result<Options, String> {
         seed: 1,
         output: None,
         scale: false,
+        soak: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -54,8 +67,16 @@ fn options() -> Result<Options, String> {
             "--seed" => o.seed = value()?.parse().map_err(|_| "--seed takes a number")?,
             "--output" => o.output = Some(value()?),
             "--scale" => o.scale = true,
+            "--soak" => {
+                let seconds: u64 = value()?.parse().map_err(|_| "--soak takes whole seconds")?;
+                if seconds < 30 {
+                    return Err("--soak must be at least 30 s".into());
+                }
+                o.soak = true;
+                o.duration = Duration::from_secs(seconds);
+            }
             "--help" | "-h" => {
-                return Err("usage: stress [--duration SECONDS] [--stall-threshold 1s|500ms] [--seed N] [--output FILE] [--scale]".into())
+                return Err("usage: stress [--duration SECONDS | --soak SECONDS] [--stall-threshold 1s|500ms] [--seed N] [--output FILE] [--scale]".into())
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
@@ -155,7 +176,13 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         .hung_task_threshold(Duration::from_secs(2))
         .check_interval(CHECK)
         .max_reports_per_minute(1000)
-        .on_stall(move |r| sink.lock().unwrap().push((Instant::now(), r.clone())))
+        .on_stall(move |r| {
+            // Kept for the comparison at the end, without the stack (a soak
+            // would otherwise measure its own list of stacks growing).
+            let mut kept = r.clone();
+            kept.backtrace = None;
+            sink.lock().unwrap().push((Instant::now(), kept));
+        })
         .start()?;
     let exporter = Exporter::builder()
         .bind("127.0.0.1:0".parse()?)
@@ -175,6 +202,29 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let starts: Starts = Arc::default();
     let began = Instant::now();
     let end = began + o.duration;
+    // Soak: a scrape every second and a memory sample every 10 s, until the end.
+    let soak = o.soak.then(|| {
+        std::thread::spawn(move || {
+            let mut scrapes = 0u64;
+            let mut failed = 0u64;
+            let mut memory: Vec<(f64, u64)> = Vec::new();
+            let mut next_sample = began;
+            while Instant::now() < end {
+                if Instant::now() >= next_sample {
+                    if let Ok(bytes) = measure::resident() {
+                        memory.push((began.elapsed().as_secs_f64(), bytes));
+                    }
+                    next_sample += Duration::from_secs(10);
+                }
+                scrapes += 1;
+                if !matches!(request(addr, "/metrics"), Ok((200, _))) {
+                    failed += 1;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            (scrapes, failed, memory)
+        })
+    });
 
     // Background: a steady mix of healthy work, on both runtimes.
     let background_spawned = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -318,6 +368,21 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         service.block_on(h)?;
     }
 
+    // Soak: one more stall every 30 s, while there is time for it to end.
+    let mut soak_stalls = 0;
+    let mut next = 20_000;
+    while o.soak && next + 3 * t.as_millis() as u64 + 2_000 < o.duration.as_millis() as u64 {
+        at(next);
+        let s = starts.clone();
+        let fault = loopwatch::spawn_named("fault.soak", async move {
+            mark(&s, "fault.soak");
+            std::thread::sleep(t + t / 2);
+        });
+        service.block_on(fault)?;
+        soak_stalls += 1;
+        next += 30_000;
+    }
+
     // The rest of the run: background only.
     at(o.duration.as_millis() as u64);
     let background_sum = service.block_on(bg)?;
@@ -339,7 +404,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     let count = |runtime: &str| firsts.iter().filter(|(_, r)| r.runtime == runtime).count();
     check(
         "stalls on 'service'",
-        "6".into(),
+        (6 + soak_stalls).to_string(),
         count("service").to_string(),
     );
     check("stalls on 'ct'", "1".into(), count("ct").to_string());
@@ -348,7 +413,9 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         .filter(|(_, r)| {
             !matches!(
                 r.task.as_deref(),
-                Some("fault.sleep" | "fault.spin" | "fault.total" | "fault.ct_sleep")
+                Some(
+                    "fault.sleep" | "fault.spin" | "fault.total" | "fault.ct_sleep" | "fault.soak"
+                )
             )
         })
         .map(|(_, r)| r.to_string())
@@ -433,11 +500,6 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             "4",
         ),
         (
-            "stalls counted on 'service'",
-            "loopwatch_stalls_total{runtime=\"service\"}",
-            "6",
-        ),
-        (
             "stalls counted on 'ct'",
             "loopwatch_stalls_total{runtime=\"ct\"}",
             "1",
@@ -455,6 +517,11 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
     ] {
         check(what, expected.into(), series(line));
     }
+    check(
+        "stalls counted on 'service'",
+        (6 + soak_stalls).to_string(),
+        series("loopwatch_stalls_total{runtime=\"service\"}"),
+    );
     let spawned = background_spawned.load(std::sync::atomic::Ordering::Relaxed);
     check(
         "background requests completed",
@@ -478,6 +545,50 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         health["tasks"]["hung"].to_string(),
     );
     drop(hung);
+
+    let soak = match soak {
+        Some(thread) => {
+            let (scrapes, failed, memory) =
+                thread.join().map_err(|_| "the soak scraper panicked")?;
+            // Flat after warm-up: the second half of the run against its start.
+            let half = o.duration.as_secs_f64() / 2.0;
+            let second_half: Vec<u64> = memory
+                .iter()
+                .filter(|(at, _)| *at >= half)
+                .map(|(_, b)| *b)
+                .collect();
+            // The median of its last third against that of its first third:
+            // one sample's allocator noise does not decide.
+            let median = |v: &[u64]| {
+                let mut v = v.to_vec();
+                v.sort_unstable();
+                v.get(v.len() / 2).copied()
+            };
+            let k = (second_half.len() / 3).max(1);
+            let growth = match (
+                median(&second_half[..k.min(second_half.len())]),
+                median(&second_half[second_half.len().saturating_sub(k)..]),
+            ) {
+                (Some(first), Some(last)) => (last as f64 - first as f64) / first as f64 * 100.0,
+                _ => f64::NAN,
+            };
+            check("soak: scrapes that failed", "0".into(), failed.to_string());
+            check(
+                "soak: memory growth over the 2nd half under 1 %",
+                "true".into(),
+                (growth < 1.0).to_string(),
+            );
+            Some(serde_json::json!({
+                "seconds": o.duration.as_secs(),
+                "stalls_injected_after_the_schedule": soak_stalls,
+                "scrapes": scrapes,
+                "scrapes_failed": failed,
+                "resident_bytes": memory.iter().map(|(at, b)| serde_json::json!({"at_seconds": at, "bytes": b})).collect::<Vec<_>>(),
+                "growth_over_second_half_percent": growth,
+            }))
+        }
+        None => None,
+    };
 
     let mut scrape_ms: Vec<f64> = during
         .iter()
@@ -524,6 +635,20 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         pct(0.99)
     );
     println!("background: {spawned} requests, checksum {background_sum}");
+    if let Some(soak) = &soak {
+        println!(
+            "soak: {} s, {} scrapes ({} failed), resident memory {:.1} MiB at the start of the 2nd half, growth over it {:.2} % (medians of its first and last thirds)",
+            soak["seconds"],
+            soak["scrapes"],
+            soak["scrapes_failed"],
+            soak["resident_bytes"]
+                .as_array()
+                .and_then(|v| v.iter().find(|s| s["at_seconds"].as_f64().unwrap_or(0.0) >= o.duration.as_secs_f64() / 2.0))
+                .and_then(|s| s["bytes"].as_u64())
+                .map_or(0.0, |b| b as f64 / 1048576.0),
+            soak["growth_over_second_half_percent"].as_f64().unwrap_or(f64::NAN),
+        );
+    }
     println!(
         "{}",
         if ok {
@@ -541,6 +666,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             "detection_latency_seconds": latencies,
             "scrape_latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "all": scrape_ms},
             "health_at_end": health,
+            "soak": soak,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
         println!("wrote {path}");
@@ -598,6 +724,10 @@ fn scale(o: &Options) -> Result<bool, Box<dyn std::error::Error>> {
     const TOTAL: usize = 1_000_000;
     const BATCH: usize = 10_000;
     let watchdog = Watchdog::builder().start()?;
+    // Installed and never scraped, as in an application between scrapes.
+    let exporter = Exporter::builder()
+        .bind("127.0.0.1:0".parse()?)
+        .start(&watchdog)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)
         .enable_all()
@@ -691,6 +821,7 @@ fn scale(o: &Options) -> Result<bool, Box<dyn std::error::Error>> {
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
     }
+    exporter.shutdown();
     watchdog.shutdown();
     Ok(ok)
 }
