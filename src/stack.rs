@@ -129,6 +129,11 @@ mod linux {
     /// Takes thread `tid`'s stack. A thread waiting in the kernel is read
     /// from outside; a thread on a CPU is signalled only if `may_signal`.
     pub(crate) fn sample(tid: i64, may_signal: bool) -> Result<Sample, NoStack> {
+        // A signalled walk that stopped after a few frames (the thread was
+        // caught where the unwind tables do not reach, such as inside the
+        // vDSO) is taken again, up to three signals in all; the longest walk
+        // is kept.
+        let mut partial: Option<Sample> = None;
         for _ in 0..3 {
             match proc::syscall(tid).ok_or(NoStack::Gone)? {
                 Syscall::Blocked { line, sp, pc } => {
@@ -150,19 +155,32 @@ mod linux {
                 }
                 Syscall::Running if !may_signal => return Err(NoStack::OnCpu),
                 Syscall::Running => {
-                    let i = capture::interrupt(tid, SIGNAL_TIMEOUT)?;
+                    let i = match capture::interrupt(tid, SIGNAL_TIMEOUT) {
+                        Ok(i) => i,
+                        Err(why) => return partial.ok_or(why),
+                    };
                     let walk = modules()
                         .lock()
                         .walk(i.ip, i.sp, Some(i.bp), i.sp, &i.stack);
-                    return Ok(Sample {
+                    let sample = Sample {
                         frames: walk.frames,
                         complete: walk.complete,
                         signalled: true,
-                    });
+                    };
+                    // A deep stack that ran past the window is kept as it is.
+                    if sample.complete || sample.frames.len() >= 8 {
+                        return Ok(sample);
+                    }
+                    if partial
+                        .as_ref()
+                        .is_none_or(|p| p.frames.len() < sample.frames.len())
+                    {
+                        partial = Some(sample);
+                    }
                 }
             }
         }
-        Err(NoStack::KeptMoving)
+        partial.ok_or(NoStack::KeptMoving)
     }
 
     /// Loads the unwind tables and the frame classifier's table (once per
