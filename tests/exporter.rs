@@ -12,6 +12,15 @@ use std::time::Duration;
 use common::{get, http, multi_thread, serial, wait_until};
 use loopwatch::{Error, Exporter, Watchdog};
 
+/// The value of one series (name and labels exactly) in an exposition.
+fn series_value(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} missing from\n{body}"))
+        .parse()
+        .unwrap()
+}
+
 fn start(stall: Duration) -> (Watchdog, Exporter) {
     let watchdog = Watchdog::builder()
         .stall_threshold(stall)
@@ -223,11 +232,10 @@ fn scrapes_get_through_a_flood_of_idle_and_slowloris_connections() {
     // The target is 100 ms; the margin is for a loaded 2-core machine.
     assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
     let metrics = get(addr, "/metrics").body;
-    let evicted = metrics
-        .lines()
-        .find(|l| l.starts_with("loopwatch_exporter_connections_dropped_total{reason=\"evicted\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let evicted = series_value(
+        &metrics,
+        "loopwatch_exporter_connections_dropped_total{reason=\"evicted\"}",
+    );
     assert!(evicted >= 1.0, "{metrics}");
     exporter.shutdown();
     watchdog.shutdown();
@@ -324,13 +332,7 @@ fn stall_lengths_and_heartbeat_lags_are_exact_histograms() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let body = get(exporter.local_addr(), "/metrics").body;
-    let value = |series: &str| -> f64 {
-        body.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("{series} missing from\n{body}"))
-            .parse()
-            .unwrap()
-    };
+    let value = |series: &str| series_value(&body, series);
     let stalls = "loopwatch_stall_duration_seconds";
     assert_eq!(value(&format!("{stalls}_count{{runtime=\"hist\"}}")), 2.0);
     let sum = value(&format!("{stalls}_sum{{runtime=\"hist\"}}"));
@@ -377,13 +379,7 @@ fn duration_histograms_have_the_exact_count_and_sum() {
         });
     }
     let body = get(exporter.local_addr(), "/metrics").body;
-    let value = |series: &str| -> f64 {
-        body.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("{series} missing from\n{body}"))
-            .parse()
-            .unwrap()
-    };
+    let value = |series: &str| series_value(&body, series);
     let call = "loopwatch_call_duration_seconds";
     assert_eq!(
         value(&format!("{call}_count{{call=\"histogram.call\"}}")),
