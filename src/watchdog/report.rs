@@ -126,42 +126,37 @@ impl Reporter {
             if report.cpu_bound == Some(true) {
                 publish::stall_on_cpu(&report.runtime);
             }
-            tracing::warn!(
-                target: "loopwatch",
-                runtime = %report.runtime,
-                worker = report.worker,
-                stalled_for_seconds = report.stalled_for.as_secs_f64(),
-                task = report.task.as_deref(),
-                thread = report.thread.as_deref(),
-                cpu_bound = report.cpu_bound,
-                culprit = report.culprit.as_deref(),
-                "stall: {report}{}",
-                match (&report.backtrace, &report.stack_missing) {
-                    (Some(b), _) => format!("\nstack of the stuck thread:\n{b}"),
-                    (None, Some(why)) => format!("; no stack: {why}"),
-                    (None, None) => String::new(),
-                }
-            );
-        } else {
-            tracing::warn!(
-                target: "loopwatch",
-                runtime = %report.runtime,
-                worker = report.worker,
-                stalled_for_seconds = report.stalled_for.as_secs_f64(),
-                task = report.task.as_deref(),
-                thread = report.thread.as_deref(),
-                escalation = report.escalation,
-                cpu_bound = report.cpu_bound,
-                culprit = report.culprit.as_deref(),
-                stack_moved = report.stack_moved,
-                "stall continues: {report}{}",
-                match report.stack_moved {
-                    Some(false) => "; stuck at the same place",
-                    Some(true) => "; the stack moved since the last report",
-                    None => "",
-                }
-            );
         }
+        // One log line per report: the first with the stack (or why there is
+        // none), an escalation with whether the stack moved.
+        let (what, tail) = if report.escalation == 0 {
+            let tail = match (&report.backtrace, &report.stack_missing) {
+                (Some(b), _) => format!("\nstack of the stuck thread:\n{b}"),
+                (None, Some(why)) => format!("; no stack: {why}"),
+                (None, None) => String::new(),
+            };
+            ("stall", tail)
+        } else {
+            let tail = match report.stack_moved {
+                Some(false) => "; stuck at the same place",
+                Some(true) => "; the stack moved since the last report",
+                None => "",
+            };
+            ("stall continues", tail.to_owned())
+        };
+        tracing::warn!(
+            target: "loopwatch",
+            runtime = %report.runtime,
+            worker = report.worker,
+            stalled_for_seconds = report.stalled_for.as_secs_f64(),
+            task = report.task.as_deref(),
+            thread = report.thread.as_deref(),
+            escalation = report.escalation,
+            cpu_bound = report.cpu_bound,
+            culprit = report.culprit.as_deref(),
+            stack_moved = report.stack_moved,
+            "{what}: {report}{tail}"
+        );
         // Handed to the callback's own thread: a slow callback never holds
         // up the next check.
         if let Some(callback) = &self.callback {
