@@ -3,8 +3,9 @@
 //! detection latency), task outcomes and call counts per name, hung tasks,
 //! and real HTTP scrapes of `/metrics` and `/health`, including 50
 //! concurrent scrapes while every worker is blocked. Prints a summary, writes
-//! `--output FILE` (JSON: injected vs reported, latencies, scrape latencies)
-//! and exits non-zero on any mismatch.
+//! `--output FILE` (JSON: injected vs reported, latencies, scrape latencies),
+//! serves `/metrics` on `--exporter ADDR` (for a Prometheus to scrape; a free
+//! port on 127.0.0.1 by default), and exits non-zero on any mismatch.
 //!
 //! ```text
 //! cargo run --release --example stress -- --duration 15 --stall-threshold 1s --output results.json
@@ -47,6 +48,8 @@ struct Options {
     output: Option<String>,
     scale: bool,
     soak: bool,
+    /// Where the exporter listens (a free port on 127.0.0.1 by default).
+    exporter: SocketAddr,
 }
 
 fn options() -> Result<Options, String> {
@@ -57,6 +60,7 @@ fn options() -> Result<Options, String> {
         output: None,
         scale: false,
         soak: false,
+        exporter: SocketAddr::from(([127, 0, 0, 1], 0)),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -67,6 +71,11 @@ fn options() -> Result<Options, String> {
             "--seed" => o.seed = value()?.parse().map_err(|_| "--seed takes a number")?,
             "--output" => o.output = Some(value()?),
             "--scale" => o.scale = true,
+            "--exporter" => {
+                o.exporter = value()?
+                    .parse()
+                    .map_err(|_| "--exporter takes an address such as 127.0.0.1:9377")?
+            }
             "--soak" => {
                 let seconds: u64 = value()?.parse().map_err(|_| "--soak takes whole seconds")?;
                 if seconds < 30 {
@@ -76,7 +85,7 @@ fn options() -> Result<Options, String> {
                 o.duration = Duration::from_secs(seconds);
             }
             "--help" | "-h" => {
-                return Err("usage: stress [--duration SECONDS | --soak SECONDS] [--stall-threshold 1s|500ms] [--seed N] [--output FILE] [--scale]".into())
+                return Err("usage: stress [--duration SECONDS | --soak SECONDS] [--stall-threshold 1s|500ms] [--seed N] [--output FILE] [--exporter ADDR] [--scale]".into())
             }
             other => return Err(format!("unknown argument {other:?}; try --help")),
         }
@@ -184,9 +193,7 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
             sink.lock().unwrap().push((Instant::now(), kept));
         })
         .start()?;
-    let exporter = Exporter::builder()
-        .bind("127.0.0.1:0".parse()?)
-        .start(&watchdog)?;
+    let exporter = Exporter::builder().bind(o.exporter).start(&watchdog)?;
     let addr = exporter.local_addr();
     let service = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(WORKERS)

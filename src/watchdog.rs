@@ -16,8 +16,11 @@
 //! - [`process`]: the process's resources from `/proc`;
 //! - [`snapshot`]: the health snapshot, assembled once per check;
 //! - [`publish`]: what is recorded through the `metrics` facade;
-//! - [`histograms`]: the per-runtime histograms, aggregated where recorded.
+//! - [`histograms`]: the per-runtime histograms, aggregated where recorded;
+//! - [`systemd`]: `WATCHDOG=1` pings and `STATUS=` lines for systemd;
+//! - [`abort`]: `abort_after`, the report to stderr and the abort.
 
+mod abort;
 mod activity;
 mod builder;
 mod callback;
@@ -34,6 +37,8 @@ mod report;
 mod runtimes;
 mod snapshot;
 mod stall;
+#[cfg(unix)]
+mod systemd;
 
 pub use builder::WatchdogBuilder;
 pub use handle::Watchdog;

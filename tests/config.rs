@@ -256,3 +256,55 @@ fn a_stack_signal_outside_the_real_time_range_is_refused() {
         );
     }
 }
+
+#[test]
+fn abort_after_shorter_than_the_stall_threshold_is_refused() {
+    let _serial = serial();
+    let err = start_err(
+        Watchdog::builder()
+            .stall_threshold(Duration::from_secs(5))
+            .abort_after(Duration::from_secs(3)),
+    );
+    assert!(
+        matches!(
+            err,
+            Error::Inconsistent {
+                smaller: "stall_threshold",
+                larger: "abort_after",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("raise abort_after"), "{err}");
+    let err = start_err(Watchdog::builder().abort_after(Duration::ZERO));
+    assert!(
+        matches!(
+            err,
+            Error::ZeroDuration {
+                setting: "abort_after",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = start_err(Watchdog::builder().abort_after(Duration::MAX));
+    assert!(
+        matches!(
+            err,
+            Error::DurationTooLarge {
+                setting: "abort_after",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    // As long as the threshold is allowed, and so is notify_systemd without systemd.
+    let w = Watchdog::builder()
+        .stall_threshold(Duration::from_secs(5))
+        .abort_after(Duration::from_secs(5))
+        .notify_systemd(true)
+        .start()
+        .expect("abort_after equal to the stall threshold starts");
+    w.shutdown();
+}

@@ -22,6 +22,8 @@ pub(crate) struct Config {
     pub(crate) recent_stalls: usize,
     pub(crate) stack_signal: Option<i32>,
     pub(crate) full_stacks: bool,
+    pub(crate) notify_systemd: bool,
+    pub(crate) abort_after: Option<Duration>,
     pub(crate) on_stall: Option<Callback>,
 }
 
@@ -39,6 +41,8 @@ impl fmt::Debug for Config {
             .field("recent_stalls", &self.recent_stalls)
             .field("stack_signal", &self.stack_signal)
             .field("full_stacks", &self.full_stacks)
+            .field("notify_systemd", &self.notify_systemd)
+            .field("abort_after", &self.abort_after)
             .field(
                 "on_stall",
                 &self.on_stall.as_ref().map(|_| "Fn(&StallReport)"),
@@ -85,6 +89,8 @@ impl Default for WatchdogBuilder {
                 recent_stalls: Watchdog::DEFAULT_RECENT_STALLS,
                 stack_signal: None,
                 full_stacks: false,
+                notify_systemd: false,
+                abort_after: None,
                 on_stall: None,
             },
         }
@@ -216,6 +222,62 @@ impl WatchdogBuilder {
         self
     }
 
+    /// Whether the watchdog pings systemd's watchdog: when `NOTIFY_SOCKET`
+    /// and `WATCHDOG_USEC` are set (systemd sets them for a unit with
+    /// `WatchdogSec=`) and `WATCHDOG_PID`, if set, is this process, the
+    /// watchdog thread sends `WATCHDOG=1` at least every half of
+    /// `WATCHDOG_USEC` while no watched runtime is stalled, and none while
+    /// one is, so that systemd restarts a service stalled for about
+    /// `stall_threshold + WatchdogSec`. It also sends `STATUS=` with the
+    /// health status and first issue line when they change (at most once a
+    /// second while a stall's line counts up), which `systemctl status`
+    /// shows. The unit needs `NotifyAccess=main` (or `all`).
+    ///
+    /// Without those variables nothing is sent; a socket that cannot be
+    /// reached is logged once and never stops the watchdog. Pings stop when
+    /// the watchdog stops, as they should if the process lives on without
+    /// it. Keep `check_interval` under a quarter of `WatchdogSec`. The
+    /// example unit is `deploy/systemd/loopwatch-example.service`. Default:
+    /// `false`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), loopwatch::Error> {
+    /// let watchdog = loopwatch::Watchdog::builder().notify_systemd(true).start()?;
+    /// # watchdog.shutdown();
+    /// # Ok(()) }
+    /// ```
+    pub fn notify_systemd(mut self, enabled: bool) -> Self {
+        self.config.notify_systemd = enabled;
+        self
+    }
+
+    /// Ends the process when a stall lasts this long: the stall's full
+    /// report (the summary line, the stuck thread's stack or why there is
+    /// none) is written straight to stderr, so that it reaches the journal
+    /// or the pod's log with no `tracing` subscriber installed (it is also
+    /// logged as an error), then the process aborts (`SIGABRT`), so that its
+    /// supervisor restarts it. The process ends within about
+    /// `check_interval` of the stall reaching `abort_after`, plus the time to
+    /// take the stack, plus at most 2 s for the write (stderr may be a pipe
+    /// nobody reads). Stalls shorter than it are only reported. Must not be
+    /// shorter than the stall threshold. Default: off.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// # fn main() -> Result<(), loopwatch::Error> {
+    /// let watchdog = loopwatch::Watchdog::builder()
+    ///     .stall_threshold(Duration::from_secs(5))
+    ///     .abort_after(Duration::from_secs(60))
+    ///     .start()?;
+    /// # watchdog.shutdown();
+    /// # Ok(()) }
+    /// ```
+    pub fn abort_after(mut self, after: Duration) -> Self {
+        self.config.abort_after = Some(after);
+        self
+    }
+
     fn validate(&self) -> Result<(), Error> {
         let c = &self.config;
         let durations = [
@@ -245,7 +307,10 @@ impl WatchdogBuilder {
                 "Duration::from_millis(100)",
             ),
         ];
-        for (setting, value, example) in durations {
+        let abort = c
+            .abort_after
+            .map(|d| ("abort_after", d, "Duration::from_secs(60)"));
+        for (setting, value, example) in durations.into_iter().chain(abort) {
             if value.is_zero() {
                 return Err(Error::ZeroDuration { setting, example });
             }
@@ -294,6 +359,17 @@ impl WatchdogBuilder {
                     larger,
                     larger_value,
                     hint,
+                });
+            }
+        }
+        if let Some(abort_after) = c.abort_after {
+            if abort_after < c.stall_threshold {
+                return Err(Error::Inconsistent {
+                    smaller: "stall_threshold",
+                    smaller_value: c.stall_threshold,
+                    larger: "abort_after",
+                    larger_value: abort_after,
+                    hint: "the process is aborted only for a stall, which lasts the stall threshold at least; raise abort_after or lower stall_threshold",
                 });
             }
         }

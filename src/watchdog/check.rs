@@ -38,6 +38,11 @@ pub(crate) struct Checker {
     recent: RecentStalls,
     reporter: Reporter,
     activity: Activity,
+    /// systemd's watchdog, when asked for and set up by the environment.
+    #[cfg(unix)]
+    systemd: Option<super::systemd::Notifier>,
+    /// `abort_after` (ns).
+    abort_ns: Option<u64>,
 }
 
 /// Runs checks until the handle drops the sender (shutdown), which ends the
@@ -75,6 +80,12 @@ impl Checker {
             recent: RecentStalls::new(config.recent_stalls),
             reporter: Reporter::new(callback),
             activity: Activity::new(config),
+            #[cfg(unix)]
+            systemd: config
+                .notify_systemd
+                .then(|| super::systemd::Notifier::from_env(config.check_interval))
+                .flatten(),
+            abort_ns: config.abort_after.map(nanos),
             shared,
         }
     }
@@ -95,12 +106,36 @@ impl Checker {
         if self.activity.tick(now) {
             *self.shared.process.lock() = self.activity.process();
         }
-        self.publish(now);
+        let health = self.publish(now);
+        #[cfg(unix)]
+        if let Some(systemd) = &mut self.systemd {
+            systemd.update(now, self.stalls.active().next().is_some(), &health);
+        }
         // Reports go out once health shows them, so that a callback that
         // asks for health sees the stall it is told about.
         for report in &reports {
             self.reporter.report(report);
         }
+        self.abort_if_due(now);
+    }
+
+    /// With `abort_after`: a stall that lasted that long ends the process,
+    /// with its report, stack included, on stderr.
+    fn abort_if_due(&mut self, now: u64) {
+        let Some(abort_ns) = self.abort_ns else {
+            return;
+        };
+        let Some((candidate, escalation)) = self.stalls.lasting(now, abort_ns) else {
+            return;
+        };
+        let candidate = candidate.clone();
+        let mut report = candidate.report(now, escalation);
+        let monitor = self
+            .runtimes
+            .get(candidate.runtime.serial)
+            .map(|w| &w.monitor);
+        self.evidence.add(&mut report, &candidate, monitor);
+        super::abort::abort_with(&report, Duration::from_nanos(abort_ns));
     }
 
     /// Samples every runtime, finds its stalls, and wakes its heartbeat when due.
@@ -175,7 +210,7 @@ impl Checker {
     }
 
     /// Updates the per-runtime gauges and replaces the health snapshot.
-    fn publish(&mut self, now: u64) {
+    fn publish(&mut self, now: u64) -> Arc<crate::Health> {
         let active: Vec<&Candidate> = self.stalls.active().collect();
         for watched in self.runtimes.iter_mut() {
             let serial = watched.monitor.entry.serial;
@@ -192,6 +227,8 @@ impl Checker {
             process: self.activity.process(),
             recent_stalls: self.recent.newest_first(),
         });
-        *self.shared.health.lock() = Arc::new(health);
+        let health = Arc::new(health);
+        *self.shared.health.lock() = health.clone();
+        health
     }
 }

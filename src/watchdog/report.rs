@@ -98,6 +98,18 @@ impl fmt::Display for StallReport {
     }
 }
 
+impl StallReport {
+    /// What follows the summary line in a first report: the stack, or why
+    /// there is none (empty when stacks are off).
+    pub(crate) fn stack_text(&self) -> String {
+        match (&self.backtrace, &self.stack_missing) {
+            (Some(b), _) => format!("\nstack of the stuck thread:\n{b}"),
+            (None, Some(why)) => format!("; no stack: {why}"),
+            (None, None) => String::new(),
+        }
+    }
+}
+
 fn as_seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }
@@ -130,12 +142,7 @@ impl Reporter {
         // One log line per report: the first with the stack (or why there is
         // none), an escalation with whether the stack moved.
         let (what, tail) = if report.escalation == 0 {
-            let tail = match (&report.backtrace, &report.stack_missing) {
-                (Some(b), _) => format!("\nstack of the stuck thread:\n{b}"),
-                (None, Some(why)) => format!("; no stack: {why}"),
-                (None, None) => String::new(),
-            };
-            ("stall", tail)
+            ("stall", report.stack_text())
         } else {
             let tail = match report.stack_moved {
                 Some(false) => "; stuck at the same place",

@@ -137,6 +137,16 @@ impl StallMachine {
         self.active.values().map(|a| &a.candidate)
     }
 
+    /// The stall in progress that has lasted longest, if it has lasted at
+    /// least `ns`, with its escalation count.
+    pub(crate) fn lasting(&self, now: u64, ns: u64) -> Option<(&Candidate, u32)> {
+        self.active
+            .values()
+            .filter(|a| now.saturating_sub(a.candidate.since) >= ns)
+            .min_by_key(|a| a.candidate.since)
+            .map(|a| (&a.candidate, a.escalation))
+    }
+
     /// Feeds the stalls seen at this check; returns what to report.
     pub(crate) fn update(&mut self, now: u64, seen: Vec<Candidate>) -> Vec<Event> {
         let mut events = Vec::new();
