@@ -1,7 +1,9 @@
 //! loopwatch in a real HTTP service: an axum server with one handler that
 //! calls a blocking function on the async worker (the classic mistake) and one
-//! that does it right. The example drives it with its own requests, shows what
-//! loopwatch reports, then exits by itself.
+//! that does it right, behind tower-http's `TraceLayer`. The example drives it
+//! with its own requests, shows what loopwatch reports (the stall names the
+//! request's span: `request{method=GET uri=/report version=HTTP/1.1}`), then
+//! exits by itself.
 //!
 //! ```text
 //! cargo run --release --example axum
@@ -18,6 +20,9 @@ use std::time::Duration;
 use axum::routing::get;
 use axum::Router;
 use loopwatch::WatchExt as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
+use tracing_subscriber::Layer as _;
 
 /// A sync function that takes a while: a report built with blocking I/O.
 #[loopwatch::instrument_blocking(name = "report.build")]
@@ -41,9 +46,16 @@ async fn report_offloaded() -> String {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    tracing_subscriber::fmt()
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
-        .with_env_filter("loopwatch=info")
+    // Logs of loopwatch only, and every span for loopwatch's layer, which
+    // puts the stuck request's spans (tower-http's `request` span is at
+    // DEBUG) in stall reports.
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+                .with_filter(tracing_subscriber::EnvFilter::new("loopwatch=info")),
+        )
+        .with(loopwatch::spans::layer())
         .init();
     let serve = std::env::args().any(|a| a == "--serve");
 
@@ -64,7 +76,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let app = Router::new()
         .route("/report", get(report))
-        .route("/report-offloaded", get(report_offloaded));
+        .route("/report-offloaded", get(report_offloaded))
+        .layer(tower_http::trace::TraceLayer::new_for_http());
     let listener = tokio::net::TcpListener::bind(if serve {
         "127.0.0.1:3000"
     } else {
@@ -116,10 +129,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "report.build: {} calls, {} blocking (the one on the worker), {} slow",
         c.calls, c.blocking, c.slow
     );
+    let spans = watchdog
+        .health()
+        .recent_stalls
+        .first()
+        .map(|s| s.spans.clone())
+        .unwrap_or_default();
+    println!("the stall's spans: {}", spans.join(" > "));
     exporter.shutdown();
     watchdog.shutdown();
     if c.calls != 2 || c.blocking != 1 {
         return Err("expected 2 calls, 1 of them blocking".into());
+    }
+    if !spans
+        .first()
+        .is_some_and(|s| s.starts_with("request{method=GET uri=/report "))
+    {
+        return Err(
+            format!("expected the stall in the /report request's span, got {spans:?}").into(),
+        );
     }
     Ok(())
 }

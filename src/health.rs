@@ -88,6 +88,9 @@ pub struct RecentStall {
     pub culprit: Option<String>,
     /// The stuck thread's stack at the last report.
     pub backtrace: Option<String>,
+    /// The `tracing` spans it was in, outermost first (see
+    /// [`StallReport::spans`](crate::StallReport::spans)).
+    pub spans: Vec<String>,
 }
 
 /// One watched runtime.
@@ -127,6 +130,9 @@ pub struct StalledWorker {
     /// The first frame of application code in its stack, once a report
     /// has taken the stack (see [`StallReport::culprit`](crate::StallReport::culprit)).
     pub culprit: Option<String>,
+    /// The `tracing` spans it is in, outermost first, once a report has
+    /// read them (see [`StallReport::spans`](crate::StallReport::spans)).
+    pub spans: Vec<String>,
 }
 
 /// Outcomes of tasks spawned through loopwatch.

@@ -77,6 +77,9 @@
 //!
 //! - `macros` (default): [`#[instrument_blocking]`](instrument_blocking).
 //! - `exporter` (default): [`Exporter`], with metrics-exporter-prometheus.
+//! - `spans` (default): [`spans::layer()`], a `tracing-subscriber` layer
+//!   that puts the stuck thread's `tracing` spans in stall reports
+//!   ([`StallReport::spans`]).
 //! - `stacks` (default): the stuck thread's stack and culprit in stall
 //!   reports (Linux on x86_64), read from outside the thread when it waits
 //!   in the kernel, with a real-time signal only when it is stuck on a CPU;
@@ -97,6 +100,9 @@ mod exporter;
 mod health;
 mod instrument;
 pub mod metric_names;
+#[cfg(feature = "spans")]
+#[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
+pub mod spans;
 mod stack;
 mod watchdog;
 

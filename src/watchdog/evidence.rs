@@ -30,6 +30,8 @@ pub(crate) struct Known {
     pub(crate) culprit: Option<String>,
     /// The frames at the last report, to tell whether the stack moved.
     frames: Vec<usize>,
+    /// The spans the thread was in at the last report.
+    pub(crate) spans: Vec<String>,
 }
 
 /// Adds the stuck thread's state, stack and culprit to reports.
@@ -62,7 +64,7 @@ impl EvidenceCollector {
         self.known.get(&key)
     }
 
-    /// Fills `report`'s `thread` (when found here), `cpu_bound`,
+    /// Fills `report`'s `thread` (when found here), `spans`, `cpu_bound`,
     /// `backtrace`, `culprit`, `stack_missing` and (at escalations)
     /// `stack_moved`. The stuck thread is the candidate's, or for a
     /// multi-thread runtime known only by its handle, the worker found
@@ -74,6 +76,10 @@ impl EvidenceCollector {
         monitor: Option<&RuntimeMonitor>,
     ) {
         if !self.sample_stacks {
+            if candidate.os_tid != 0 {
+                report.spans = spans_of(candidate.os_tid);
+                self.known.entry(candidate.key).or_default().spans = report.spans.clone();
+            }
             return;
         }
         let began = Instant::now();
@@ -96,6 +102,8 @@ impl EvidenceCollector {
         if report.thread.is_none() {
             report.thread = known.thread_name.clone();
         }
+        report.spans = spans_of(tid);
+        known.spans = report.spans.clone();
         // The thread's state first: it decides how the stack is read.
         report.cpu_bound = stack::on_cpu(tid);
         let sample = match sample {
@@ -216,5 +224,18 @@ impl EvidenceCollector {
         let known = self.known.entry(key).or_default();
         known.thread = tid;
         known.thread_name = name;
+    }
+}
+
+/// The spans thread `tid` is in (nothing without the `spans` feature).
+fn spans_of(tid: i64) -> Vec<String> {
+    #[cfg(feature = "spans")]
+    {
+        crate::spans::of_thread(tid)
+    }
+    #[cfg(not(feature = "spans"))]
+    {
+        let _ = tid;
+        Vec::new()
     }
 }

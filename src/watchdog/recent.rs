@@ -35,6 +35,7 @@ impl RecentStalls {
             cpu_bound: report.cpu_bound,
             culprit: report.culprit.clone(),
             backtrace: report.backtrace.clone(),
+            spans: report.spans.clone(),
         };
         match self.ring.iter_mut().find(|(k, _)| *k == key) {
             Some((_, entry)) => *entry = recent,

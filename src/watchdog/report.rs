@@ -58,6 +58,13 @@ pub struct StallReport {
     /// runtime plumbing (parking_lot, lock_api, futures, tracing), a registry
     /// or git dependency, or a shared library such as libc.
     pub culprit: Option<String>,
+    /// The `tracing` spans the stuck thread is in, outermost first, each as
+    /// `name{field=value ...}`: with [`spans::layer()`](crate::spans::layer)
+    /// in the subscriber, where the stuck thread is known (as for
+    /// `backtrace`, or an instrumented task, a hooked runtime or a
+    /// current-thread runtime without stacks). Empty otherwise, or outside
+    /// any span.
+    pub spans: Vec<String>,
     /// Why there is no stack, when stack sampling is on and none was taken
     /// (for example: the thread is on a CPU and blocks the stack signal).
     pub stack_missing: Option<String>,
@@ -85,6 +92,9 @@ impl fmt::Display for StallReport {
         }
         if let Some(thread) = &self.thread {
             write!(f, " on thread '{thread}'")?;
+        }
+        if !self.spans.is_empty() {
+            write!(f, " in span {}", self.spans.join(" > "))?;
         }
         match self.cpu_bound {
             Some(true) => f.write_str(" (on CPU)")?,
@@ -161,6 +171,7 @@ impl Reporter {
             escalation = report.escalation,
             cpu_bound = report.cpu_bound,
             culprit = report.culprit.as_deref(),
+            spans = ?report.spans,
             stack_moved = report.stack_moved,
             "{what}: {report}{tail}"
         );

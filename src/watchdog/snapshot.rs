@@ -81,6 +81,7 @@ pub(crate) fn assemble(input: Inputs<'_>) -> Health {
                 if let Some(known) = evidence.known(c.key) {
                     report.thread = report.thread.or_else(|| known.thread_name.clone());
                     report.culprit = known.culprit.clone();
+                    report.spans = known.spans.clone();
                 }
                 report
             })
@@ -129,6 +130,7 @@ pub(crate) fn assemble(input: Inputs<'_>) -> Health {
                     task: r.task,
                     thread: r.thread,
                     culprit: r.culprit,
+                    spans: r.spans,
                 })
                 .collect(),
         });

@@ -48,6 +48,7 @@ impl Candidate {
             thread: self.thread.as_deref().map(str::to_owned),
             backtrace: None,
             culprit: None,
+            spans: Vec::new(),
             stack_missing: None,
             cpu_bound: None,
             stack_moved: None,

@@ -1,0 +1,155 @@
+//! The stuck thread's `tracing` spans in stall reports (feature `spans`).
+//!
+//! Most tokio services already describe their work with spans
+//! (`#[tracing::instrument]`, tower-http's `TraceLayer`). Add [`layer()`] to
+//! your subscriber and every stall report names the spans the stuck thread
+//! was in, outermost first, for uninstrumented tasks too:
+//!
+//! ```text
+//! runtime main: worker 1 stalled for 5.0 s in span request{method=GET uri=/orders/42 version=HTTP/1.1} > load_order{id=42}
+//! ```
+//!
+//! ```
+//! use tracing_subscriber::layer::SubscriberExt as _;
+//!
+//! let subscriber = tracing_subscriber::registry().with(loopwatch::spans::layer());
+//! tracing::subscriber::set_global_default(subscriber).expect("no other subscriber");
+//! ```
+//!
+//! Alongside `fmt` and a filter it is one more `.with(...)`:
+//! `tracing_subscriber::registry().with(EnvFilter::from_default_env()).with(fmt::layer()).with(loopwatch::spans::layer())`.
+//! It sees the spans the subscriber enables: a span filtered out (for example
+//! tower-http's `request` span, at DEBUG, under an INFO filter) is not created
+//! at all, so it cannot be named; give the layer a filter of its own
+//! (`loopwatch::spans::layer().with_filter(LevelFilter::DEBUG)`) next to a
+//! stricter one for `fmt`, to keep it.
+//!
+//! What it costs and how it stays safe:
+//! - A span's description, `name{field=value ...}` (values as `Debug`,
+//!   `%`-recorded ones as `Display`; at most 16 fields, 96 bytes a value and
+//!   256 bytes in all), is formatted when the span is created and again when
+//!   a field is recorded, never when it is entered.
+//! - Entering and exiting push and pop on the thread's own stack of entered
+//!   spans (at most 32 deep are named; deeper ones are counted): no lock, no
+//!   allocation, a few atomic stores. A small per-thread cache finds a span's
+//!   description without asking the registry.
+//! - The watchdog thread reads the stuck thread's stack by its kernel thread
+//!   id, so spans are named wherever the stuck thread is known (Linux: an
+//!   instrumented task, a hooked runtime, a current-thread runtime, or with
+//!   the `stacks` feature a worker of a runtime known only by its handle).
+//! - Descriptions live in slots that are reused, never freed, each with a
+//!   counter of its span's life: a span that closes while the watchdog reads
+//!   it is seen to have closed, and the read is taken again; nothing the
+//!   watchdog reads can be freed under it. At most 32,768 spans are described
+//!   at once (about 9 MiB at that peak, kept for reuse); a span opened beyond
+//!   that shows as undescribed.
+
+mod arena;
+mod describe;
+mod stack;
+
+use std::fmt;
+
+use tracing::span::{Attributes, Id, Record};
+use tracing::Subscriber;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+
+use self::arena::Handle;
+use self::describe::Fields;
+
+pub(crate) use self::stack::of_thread;
+
+/// A [`tracing_subscriber::Layer`] that keeps, for each thread, the spans it
+/// is in, so that stall reports can name them
+/// ([`StallReport::spans`](crate::StallReport::spans)). Made by [`layer()`].
+#[derive(Default, Clone, Copy)]
+pub struct SpanLayer {
+    _private: (),
+}
+
+impl fmt::Debug for SpanLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SpanLayer").finish()
+    }
+}
+
+/// The layer that puts the stuck thread's spans in stall reports. Add it to
+/// any subscriber built on `tracing_subscriber::registry()`.
+///
+/// ```
+/// use tracing_subscriber::layer::SubscriberExt as _;
+///
+/// let subscriber = tracing_subscriber::registry().with(loopwatch::spans::layer());
+/// tracing::subscriber::with_default(subscriber, || {
+///     let _request = tracing::info_span!("request", uri = "/orders/42").entered();
+///     // A stall here is reported "in span request{uri=\"/orders/42\"}".
+/// });
+/// ```
+pub fn layer() -> SpanLayer {
+    SpanLayer::default()
+}
+
+/// What the layer keeps in each span's extensions.
+struct Described {
+    name: &'static str,
+    fields: Fields,
+    /// `None` when every description slot was taken at creation.
+    handle: Option<Handle>,
+}
+
+impl Drop for Described {
+    fn drop(&mut self) {
+        // The span is gone: its slot goes back and every stale handle to it
+        // reads as closed.
+        if let Some(handle) = self.handle {
+            arena::release(handle);
+        }
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for SpanLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let mut fields = Fields::default();
+        attrs.record(&mut fields);
+        let name = span.metadata().name();
+        let handle = arena::allocate(&fields.describe(name));
+        span.extensions_mut().insert(Described {
+            name,
+            fields,
+            handle,
+        });
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else {
+            return;
+        };
+        let mut extensions = span.extensions_mut();
+        if let Some(described) = extensions.get_mut::<Described>() {
+            values.record(&mut described.fields);
+            if let Some(handle) = described.handle {
+                // Writes to one span are serialized by its extensions lock.
+                arena::write(handle, &described.fields.describe(described.name));
+            }
+        }
+    }
+
+    fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
+        stack::enter(id.into_u64(), || {
+            let span = ctx.span(id)?;
+            let extensions = span.extensions();
+            extensions.get::<Described>()?.handle
+        });
+    }
+
+    fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
+        stack::exit(id.into_u64());
+    }
+}
