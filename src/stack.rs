@@ -130,9 +130,8 @@ mod linux {
     /// from outside; a thread on a CPU is signalled only if `may_signal`.
     pub(crate) fn sample(tid: i64, may_signal: bool) -> Result<Sample, NoStack> {
         // A signalled walk that stopped after a few frames (the thread was
-        // caught where the unwind tables do not reach, such as inside the
-        // vDSO) is taken again, up to three signals in all; the longest walk
-        // is kept.
+        // caught where the unwind tables do not reach) is taken again, up
+        // to three signals in all; the longest walk is kept.
         let mut partial: Option<Sample> = None;
         for _ in 0..3 {
             match proc::syscall(tid).ok_or(NoStack::Gone)? {

@@ -88,16 +88,20 @@ extern "C" fn handler(_sig: libc::c_int, _info: *mut libc::siginfo_t, ctx: *mut 
         });
         // SAFETY: a raw syscall (async-signal-safe); the kernel checks the
         // remote ranges, and the local ones are the static buffer, which
-        // only this handler writes while STATE is WRITING.
+        // only this handler writes while STATE is WRITING. Every argument is
+        // passed as a full 64-bit word: `syscall` is variadic, and a 32-bit
+        // `0` for `flags` (an unsigned long) would leave its upper half to
+        // whatever the register held, which the kernel refuses with EINVAL
+        // (seen as an empty copy, and a stack of one frame).
         let n = unsafe {
             libc::syscall(
                 libc::SYS_process_vm_readv,
-                libc::getpid(),
+                libc::c_long::from(libc::getpid()),
                 local.as_ptr(),
-                local.len(),
+                local.len() as libc::c_ulong,
                 remote.as_ptr(),
-                remote.len(),
-                0,
+                remote.len() as libc::c_ulong,
+                0 as libc::c_ulong,
             )
         };
         LEN.store(usize::try_from(n).unwrap_or(0), Ordering::Relaxed);
@@ -184,7 +188,14 @@ pub(crate) fn interrupt(tid: i64, timeout: Duration) -> Result<Interrupted, NoSt
     STATE.store(PENDING, Ordering::Release);
     // SAFETY: tgkill to a thread of our own process, with a signal whose
     // handler is installed and owned by loopwatch.
-    let rc = unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, sig) };
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::c_long::from(libc::getpid()),
+            libc::c_long::from(tid),
+            libc::c_long::from(sig),
+        )
+    };
     if rc != 0 {
         STATE.store(IDLE, Ordering::Release);
         return Err(NoStack::Gone);
@@ -221,4 +232,39 @@ pub(crate) fn interrupt(tid: i64, timeout: Duration) -> Result<Interrupted, NoSt
     };
     STATE.store(IDLE, Ordering::Release);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    #[test]
+    fn every_capture_of_a_spinning_thread_copies_its_stack() {
+        install(default_signal()).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let spinner = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                tid_tx.send(crate::stack::current_tid()).unwrap();
+                // Clock reads and comparisons, as a CPU loop does.
+                let at = Instant::now();
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::black_box(at.elapsed() < Duration::from_secs(60));
+                }
+            })
+        };
+        let tid = tid_rx.recv().unwrap();
+        let mut empty = 0;
+        for _ in 0..200 {
+            let i = interrupt(tid, Duration::from_secs(1)).expect("captured");
+            assert!(i.sp != 0 && i.ip != 0);
+            empty += usize::from(i.stack.is_empty());
+        }
+        stop.store(true, Ordering::Relaxed);
+        spinner.join().unwrap();
+        assert_eq!(empty, 0, "captures with no stack bytes, of 200");
+    }
 }
