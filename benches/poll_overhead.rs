@@ -8,7 +8,9 @@
 //! - `call/*`: one sync call that does not block, plain, marked
 //!   `#[instrument_blocking]`, and through `loopwatch::blocking`;
 //! - `spawn/*`: spawning and awaiting 100 empty tasks, with `tokio::spawn`
-//!   and with `loopwatch::spawn_named`; per task.
+//!   and with `loopwatch::spawn_named`, on a 2-worker runtime; per task;
+//! - `spawn_current_thread/*`: the same on a current-thread runtime, where
+//!   no cross-thread wake-up hides the cost of a spawn and a task's end.
 //!
 //! ```text
 //! cargo bench --bench poll_overhead
@@ -122,6 +124,37 @@ fn calls(c: &mut Criterion) {
     group.bench_function("loopwatch_spawn_named", |b| {
         b.iter(|| {
             rt.block_on(async {
+                let handles: Vec<_> = (0..100)
+                    .map(|_| loopwatch::spawn_named("bench.spawn", async {}))
+                    .collect();
+                for h in handles {
+                    h.await.unwrap();
+                }
+            })
+        })
+    });
+    group.finish();
+
+    // The same on a current-thread runtime: no cross-thread wake-ups, so
+    // what is left is the cost of a spawn and a task's end.
+    let ct = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("spawn_current_thread");
+    group.throughput(criterion::Throughput::Elements(100));
+    group.bench_function("tokio_spawn", |b| {
+        b.iter(|| {
+            ct.block_on(async {
+                let handles: Vec<_> = (0..100).map(|_| tokio::spawn(async {})).collect();
+                for h in handles {
+                    h.await.unwrap();
+                }
+            })
+        })
+    });
+    group.bench_function("loopwatch_spawn_named", |b| {
+        b.iter(|| {
+            ct.block_on(async {
                 let handles: Vec<_> = (0..100)
                     .map(|_| loopwatch::spawn_named("bench.spawn", async {}))
                     .collect();
