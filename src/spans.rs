@@ -49,6 +49,7 @@ mod describe;
 mod stack;
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tracing::span::{Attributes, Id, Record};
 use tracing::Subscriber;
@@ -63,14 +64,37 @@ pub(crate) use self::stack::of_thread;
 /// A [`tracing_subscriber::Layer`] that keeps, for each thread, the spans it
 /// is in, so that stall reports can name them
 /// ([`StallReport::spans`](crate::StallReport::spans)). Made by [`layer()`].
-#[derive(Default, Clone, Copy)]
+///
+/// Each layer is one subscriber's: span ids are only unique within one
+/// registry, so every layer made tells its spans apart from another
+/// subscriber's on the same thread (as under nested `with_default`).
 pub struct SpanLayer {
-    _private: (),
+    /// Mixed into span ids: 0 for the first layer made, so that the usual
+    /// single subscriber pays nothing for it.
+    instance: u64,
+}
+
+static INSTANCES: AtomicU64 = AtomicU64::new(0);
+
+impl Default for SpanLayer {
+    fn default() -> Self {
+        SpanLayer {
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+impl SpanLayer {
+    /// The key of span `id` of this layer's subscriber in the thread stacks.
+    #[inline]
+    fn key(&self, id: &Id) -> u64 {
+        id.into_u64() ^ self.instance.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
 }
 
 impl fmt::Debug for SpanLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SpanLayer").finish()
+        f.debug_struct("SpanLayer").finish_non_exhaustive()
     }
 }
 
@@ -142,7 +166,7 @@ where
     }
 
     fn on_enter(&self, id: &Id, ctx: Context<'_, S>) {
-        stack::enter(id.into_u64(), || {
+        stack::enter(self.key(id), || {
             let span = ctx.span(id)?;
             let extensions = span.extensions();
             extensions.get::<Described>()?.handle
@@ -150,6 +174,28 @@ where
     }
 
     fn on_exit(&self, id: &Id, _ctx: Context<'_, S>) {
-        stack::exit(id.into_u64());
+        stack::exit(self.key(id));
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    #[test]
+    fn two_subscribers_on_one_thread_keep_their_spans_apart() {
+        // Two fresh registries hand out the same span ids.
+        let outer = tracing_subscriber::registry().with(super::layer());
+        let inner = tracing_subscriber::registry().with(super::layer());
+        let tid = crate::stack::current_tid();
+        tracing::subscriber::with_default(outer, || {
+            let _a = tracing::info_span!("a").entered();
+            tracing::subscriber::with_default(inner, || {
+                let _b = tracing::info_span!("b").entered();
+                assert_eq!(super::of_thread(tid), ["a", "b"]);
+            });
+            assert_eq!(super::of_thread(tid), ["a"]);
+        });
+        assert!(super::of_thread(tid).is_empty());
     }
 }

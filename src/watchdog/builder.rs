@@ -233,6 +233,9 @@ impl WatchdogBuilder {
     /// second while a stall's line counts up), which `systemctl status`
     /// shows. The unit needs `NotifyAccess=main` (or `all`).
     ///
+    /// The first ping goes out when the watchdog starts (`start()` runs the
+    /// first check), so start it early: systemd counts `WatchdogSec` from
+    /// the service's start. Unix only; elsewhere the setting does nothing.
     /// Without those variables nothing is sent; a socket that cannot be
     /// reached is logged once and never stops the watchdog. Pings stop when
     /// the watchdog stops, as they should if the process lives on without
