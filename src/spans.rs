@@ -36,7 +36,9 @@
 //! - The watchdog thread reads the stuck thread's stack by its kernel thread
 //!   id, so spans are named wherever the stuck thread is known (Linux: an
 //!   instrumented task, a hooked runtime, a current-thread runtime, or with
-//!   the `stacks` feature a worker of a runtime known only by its handle).
+//!   the `stacks` feature a worker of a runtime known only by its handle,
+//!   once loopwatch's heartbeat has run on it, a second or so after
+//!   `watch_runtime`).
 //! - Descriptions live in slots that are reused, never freed, each with a
 //!   counter of its span's life: a span that closes while the watchdog reads
 //!   it is seen to have closed, and the read is taken again; nothing the

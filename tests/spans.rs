@@ -46,7 +46,7 @@ fn an_uninstrumented_task_on_a_handle_only_runtime_names_its_spans() {
     let rt = multi_thread(2);
     watchdog.watch_runtime("handle", rt.handle()).unwrap();
     // Let the heartbeat visit the workers, as in any running service.
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(1500));
     let task = rt.spawn(async { stuck(BLOCK) }.instrument(tracing::info_span!(
         "job",
         id = 7u64,
@@ -314,7 +314,13 @@ fn an_axum_service_behind_trace_layer_names_the_stuck_request() {
     let _serial = serial();
     install();
     let (watchdog, reports) = start(STALL, CHECK);
-    let rt = multi_thread(2);
+    // The handler is not instrumented: a runtime built with loopwatch's hooks
+    // knows its worker threads from their start, so the stuck one is found
+    // at once (the handle-only case is the first test of this file).
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2).enable_all();
+    loopwatch::install_runtime_hooks(&mut builder);
+    let rt = builder.build().unwrap();
     watchdog.watch_runtime("http", rt.handle()).unwrap();
     let listener = rt
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
