@@ -105,66 +105,42 @@ fn calls(c: &mut Criterion) {
     });
     group.finish();
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let multi = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .build()
         .expect("runtime");
-    let mut group = c.benchmark_group("spawn");
-    group.throughput(criterion::Throughput::Elements(100));
-    group.bench_function("tokio_spawn", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let handles: Vec<_> = (0..100).map(|_| tokio::spawn(async {})).collect();
-                for h in handles {
-                    h.await.unwrap();
-                }
-            })
-        })
-    });
-    group.bench_function("loopwatch_spawn_named", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let handles: Vec<_> = (0..100)
-                    .map(|_| loopwatch::spawn_named("bench.spawn", async {}))
-                    .collect();
-                for h in handles {
-                    h.await.unwrap();
-                }
-            })
-        })
-    });
-    group.finish();
-
+    spawn_group(c, "spawn", &multi);
     // The same on a current-thread runtime: no cross-thread wake-ups, so
     // what is left is the cost of a spawn and a task's end.
     let ct = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let mut group = c.benchmark_group("spawn_current_thread");
+    spawn_group(c, "spawn_current_thread", &ct);
+}
+
+/// Spawning and awaiting 100 empty tasks on `rt`, with `tokio::spawn` and
+/// with `loopwatch::spawn_named`.
+fn spawn_group(c: &mut Criterion, group: &str, rt: &tokio::runtime::Runtime) {
+    let mut group = c.benchmark_group(group);
     group.throughput(criterion::Throughput::Elements(100));
     group.bench_function("tokio_spawn", |b| {
-        b.iter(|| {
-            ct.block_on(async {
-                let handles: Vec<_> = (0..100).map(|_| tokio::spawn(async {})).collect();
-                for h in handles {
-                    h.await.unwrap();
-                }
-            })
-        })
+        b.iter(|| rt.block_on(spawn_and_await(|| tokio::spawn(async {}))))
     });
     group.bench_function("loopwatch_spawn_named", |b| {
         b.iter(|| {
-            ct.block_on(async {
-                let handles: Vec<_> = (0..100)
-                    .map(|_| loopwatch::spawn_named("bench.spawn", async {}))
-                    .collect();
-                for h in handles {
-                    h.await.unwrap();
-                }
-            })
+            rt.block_on(spawn_and_await(|| {
+                loopwatch::spawn_named("bench.spawn", async {})
+            }))
         })
     });
     group.finish();
+}
+
+async fn spawn_and_await(spawn: impl Fn() -> tokio::task::JoinHandle<()>) {
+    let handles: Vec<_> = (0..100).map(|_| spawn()).collect();
+    for h in handles {
+        h.await.unwrap();
+    }
 }
 
 async fn tokio_spawn_in<F>(rt: &tokio::runtime::Runtime, fut: F)
