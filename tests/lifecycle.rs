@@ -45,9 +45,10 @@ fn a_panicking_callback_is_caught_counted_and_the_watchdog_goes_on() {
     watchdog.watch_runtime("p", rt.handle()).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     // Two separate stalls: the second is reported although the callback
-    // panicked for the first and for its escalation.
+    // panicked for the first and for its escalation. Each lasts 2 s: the
+    // escalation is due 1 s in, which leaves a loaded machine 1 s to make it.
     for _ in 0..2 {
-        let t = rt.spawn(async { std::thread::sleep(Duration::from_millis(1200)) });
+        let t = rt.spawn(async { std::thread::sleep(Duration::from_millis(2000)) });
         rt.block_on(t).unwrap();
         std::thread::sleep(Duration::from_millis(100));
     }
