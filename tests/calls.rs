@@ -180,3 +180,38 @@ fn thresholds_return_to_the_defaults_when_the_watchdog_stops() {
     assert_eq!((c.calls, c.blocking), (2, 1), "{c:?}");
     w.shutdown();
 }
+
+/// Counts are kept per thread and summed: those of threads that have exited
+/// still count, and calls from many threads at once are all counted.
+#[test]
+fn calls_from_many_threads_are_all_counted_after_the_threads_exit() {
+    let _serial = serial();
+    let w = watchdog();
+    for round in 0..3 {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    for i in 0..1_000u32 {
+                        let _ = loopwatch::blocking_fallible("calls.threads", || {
+                            if i % 10 == 0 {
+                                Err(i)
+                            } else {
+                                Ok(i)
+                            }
+                        });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let c = counts(&w, "calls.threads", 8_000 * (round + 1));
+        assert_eq!(
+            (c.calls, c.failed, c.blocking, c.slow),
+            (8_000 * (round + 1), 800 * (round + 1), 0, 0),
+            "{c:?}"
+        );
+    }
+    w.shutdown();
+}

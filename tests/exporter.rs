@@ -55,9 +55,18 @@ fn metrics_and_health_answer_while_every_worker_is_blocked() {
             })
         })
         .collect();
-    assert!(wait_until(Duration::from_secs(3), || get(addr, "/health")
-        .status
-        == 503));
+    // Both workers are flagged, each at the first check that sees it stuck
+    // for the threshold (the two may be a check apart).
+    let both_stalled = || {
+        let health = get(addr, "/health");
+        health.status == 503
+            && serde_json::from_str::<serde_json::Value>(&health.body).is_ok_and(|j| {
+                j["runtimes"][0]["stalled_workers"]
+                    .as_array()
+                    .is_some_and(|w| w.len() == 2)
+            })
+    };
+    assert!(wait_until(Duration::from_secs(3), both_stalled));
     let health = get(addr, "/health");
     assert!(
         health.took < Duration::from_millis(500),
@@ -353,6 +362,57 @@ fn stall_lengths_and_heartbeat_lags_are_exact_histograms() {
         value("loopwatch_heartbeat_lag_seconds_bucket{runtime=\"hist\",le=\"+Inf\"}"),
         lags
     );
+    exporter.shutdown();
+    watchdog.shutdown();
+}
+
+/// Short polls are counted exactly, though only a sample of them is timed
+/// with the fine clock and bucketed: the buckets add up to the count, all of
+/// them below the long durations, most in the shortest buckets.
+#[test]
+fn short_polls_are_counted_exactly_and_bucketed_from_a_sample() {
+    let _serial = serial();
+    let (watchdog, exporter) = start(Duration::from_secs(5));
+    let rt = multi_thread(2);
+    const TASKS: u64 = 4;
+    const YIELDS: u64 = 20_000;
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                loopwatch::spawn_named("histogram.short", async {
+                    for _ in 0..YIELDS {
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+    });
+    let body = get(exporter.local_addr(), "/metrics").body;
+    let value = |series: &str| series_value(&body, series);
+    let poll = "loopwatch_poll_duration_seconds";
+    let label = "task=\"histogram.short\"";
+    // Each task is polled once per yield, and once more to finish.
+    let polls = (TASKS * (YIELDS + 1)) as f64;
+    assert_eq!(value(&format!("{poll}_count{{{label}}}")), polls);
+    assert_eq!(
+        value(&format!("{poll}_bucket{{{label},le=\"+Inf\"}}")),
+        polls
+    );
+    assert_eq!(
+        value(&format!("{poll}_bucket{{{label},le=\"0.067108864\"}}")),
+        polls,
+        "no poll of a yield lasts 67 ms"
+    );
+    let under_1ms = value(&format!("{poll}_bucket{{{label},le=\"0.001048576\"}}"));
+    assert!(
+        under_1ms >= 0.9 * polls,
+        "{under_1ms} of {polls} polls under 1 ms"
+    );
+    let sum = value(&format!("{poll}_sum{{{label}}}"));
+    assert!(sum < 1.0, "{polls} polls of a yield summed to {sum} s");
     exporter.shutdown();
     watchdog.shutdown();
 }

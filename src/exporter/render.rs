@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::instrument::names::{self, BucketCounts, Buckets, BUCKETS};
+use crate::instrument::names::{self, BucketCounts, Histogram, BUCKETS};
 use crate::metric_names as n;
 use crate::watchdog::{Fixed, ProcessStats, RuntimeHistograms, RuntimeSample};
 use crate::Watchdog;
@@ -33,15 +33,15 @@ fn shown_bucket(i: usize) -> bool {
 }
 
 fn render_durations(out: &mut String) {
-    let entries = names::all();
+    let entries = names::read_all();
     let tasks: Vec<(&str, BucketCounts)> = entries
         .iter()
-        .map(|e| (e.name, e.tasks.polls.read()))
+        .map(|(e, c)| (e.name, c.poll_buckets(e)))
         .filter(|(_, b)| b.count() > 0)
         .collect();
     let calls: Vec<(&str, BucketCounts)> = entries
         .iter()
-        .map(|e| (e.name, e.calls.durations.read()))
+        .map(|(e, c)| (e.name, c.call_buckets(e)))
         .filter(|(_, b)| b.count() > 0)
         .collect();
     histogram_family(
@@ -77,7 +77,7 @@ fn histogram_family(
         let mut cumulative = 0;
         for i in 0..BUCKETS {
             cumulative += b.counts[i];
-            if let Some(le) = Buckets::upper_bound_seconds(i).filter(|_| shown_bucket(i)) {
+            if let Some(le) = Histogram::upper_bound_seconds(i).filter(|_| shown_bucket(i)) {
                 let _ = writeln!(
                     out,
                     "{name}_bucket{{{label}=\"{value}\",le=\"{le}\"}} {cumulative}"
@@ -293,6 +293,7 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::instrument::names::Timed;
 
     #[test]
     fn escapes_label_values() {
@@ -301,12 +302,13 @@ mod tests {
 
     #[test]
     fn a_histogram_has_cumulative_buckets_and_the_exact_count_and_sum() {
-        let b = Buckets::default();
+        let b = Histogram::default();
         for ns in [500, 3_000, 3_000, 2_000_000_000] {
-            b.record(ns);
+            b.record(ns, Timed::Sampled);
         }
         let mut out = String::new();
-        histogram_family(&mut out, "x_seconds", "help", "task", &[("t", b.read())]);
+        let read = b.read(4, 2_000_006_500);
+        histogram_family(&mut out, "x_seconds", "help", "task", &[("t", read)]);
         assert!(out.contains("x_seconds_count{task=\"t\"} 4\n"), "{out}");
         assert!(
             out.contains("x_seconds_sum{task=\"t\"} 2.0000065\n"),

@@ -6,11 +6,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
-use crate::clock::{now_ns, OncePerSecond};
-use crate::instrument::names::{self, NameEntry};
+use crate::clock::{coarse_ns, now_ns, OncePerSecond};
+use crate::instrument::names::{self, NameEntry, Timed};
 use crate::instrument::outcome::{Ending, Progress};
 use crate::instrument::poll::instrument_poll;
 use crate::instrument::settings::SETTINGS;
+use crate::instrument::shard::Counts;
+use crate::instrument::slot;
 
 /// At most one blocking-call warning per second across the process.
 static BLOCKING_LOG: OncePerSecond = OncePerSecond::new();
@@ -53,7 +55,8 @@ pub(crate) struct SiteThresholds {
     pub(crate) slow_ns: u64,
 }
 
-/// Times `f` and counts it under `entry`.
+/// Times `f` and counts it under `entry`: with the coarse clock when both
+/// of its thresholds allow and the call is not one of the sampled.
 #[inline]
 pub(crate) fn call_sync<T>(
     entry: &'static NameEntry,
@@ -61,29 +64,47 @@ pub(crate) fn call_sync<T>(
     f: impl FnOnce() -> T,
     failed: impl FnOnce(&T) -> bool,
 ) -> T {
+    let (warn_ns, slow_ns) = thresholds(site);
+    let timing = slot::timing(warn_ns.min(slow_ns), false);
+    let (fine, timed) = timing.map_or((true, Timed::Sampled), |t| (t.fine, t.timed));
     let mut call = SyncCall {
         entry,
-        site,
-        start: now_ns(),
+        warn_ns,
+        slow_ns,
+        fine,
+        timed,
+        start: read_clock(fine),
         progress: Progress::Idle,
     };
     let out = call.progress.step(f);
     call.progress.finish();
-    let took = now_ns().saturating_sub(call.start);
-    let counter = if failed(&out) {
-        &entry.calls.errors
+    let took = read_clock(fine).saturating_sub(call.start);
+    let counts = timing.map_or_else(|| slot::shared_counts(entry), |t| t.slot.counts(entry));
+    if failed(&out) {
+        counts.add(|s| &s.calls_error, 1);
     } else {
-        &entry.calls.ok
-    };
-    counter.fetch_add(1, Relaxed);
-    account(entry, site, took);
+        counts.add(|s| &s.calls_ok, 1);
+    }
+    account(entry, counts, (warn_ns, slow_ns), took, timed);
     out
+}
+
+#[inline]
+fn read_clock(fine: bool) -> u64 {
+    if fine {
+        now_ns()
+    } else {
+        coarse_ns()
+    }
 }
 
 /// A sync call in progress; counts it as panicked when the unwind drops it.
 struct SyncCall {
     entry: &'static NameEntry,
-    site: Option<SiteThresholds>,
+    warn_ns: u64,
+    slow_ns: u64,
+    fine: bool,
+    timed: Timed,
     start: u64,
     progress: Progress,
 }
@@ -92,16 +113,38 @@ impl Drop for SyncCall {
     fn drop(&mut self) {
         if self.progress.dropped() == Some(Ending::Panicked) {
             self.entry.calls.panics.fetch_add(1, Relaxed);
-            account(self.entry, self.site, now_ns().saturating_sub(self.start));
+            let took = read_clock(self.fine).saturating_sub(self.start);
+            let counts = slot::counts_here(self.entry);
+            account(
+                self.entry,
+                counts,
+                (self.warn_ns, self.slow_ns),
+                took,
+                self.timed,
+            );
         }
     }
 }
 
-/// Records a sync call's duration: histogram, slow, and blocking when it
-/// ran on an async worker.
-fn account(entry: &'static NameEntry, site: Option<SiteThresholds>, took: u64) {
-    let (warn_ns, slow_ns) = thresholds(site);
-    entry.calls.durations.record(took);
+/// Records a sync call's duration: sum and histogram, slow, and blocking
+/// when it ran on an async worker.
+#[inline]
+fn account(
+    entry: &'static NameEntry,
+    counts: Counts<'static>,
+    (warn_ns, slow_ns): (u64, u64),
+    took: u64,
+    timed: Timed,
+) {
+    counts.add(|s| &s.call_ns, took);
+    entry.calls.durations.record(took, timed);
+    if took >= warn_ns.min(slow_ns) {
+        long_call(entry, warn_ns, slow_ns, took);
+    }
+}
+
+#[cold]
+fn long_call(entry: &'static NameEntry, warn_ns: u64, slow_ns: u64, took: u64) {
     if took >= slow_ns {
         entry.calls.slow.fetch_add(1, Relaxed);
     }
@@ -235,6 +278,7 @@ pub mod __private {
             site,
             failed,
             start: 0,
+            timed: Timed::Unsampled,
             progress: Progress::Idle,
         }
     }
@@ -249,6 +293,8 @@ pub mod __private {
         failed: fn(&F::Output) -> bool,
         /// When the first poll began (ns; 0 = not polled yet).
         start: u64,
+        /// Whether the first poll was one of the sampled (the call then is).
+        timed: Timed,
         progress: Progress,
     }
 
@@ -262,9 +308,10 @@ pub mod __private {
             let inner = this.inner;
             let polled = this
                 .progress
-                .step(|| instrument_poll(entry, None, || inner.poll(cx)));
+                .step(|| instrument_poll(entry, None, warn_ns.min(slow_ns), || inner.poll(cx)));
             if *this.start == 0 {
                 *this.start = polled.start;
+                *this.timed = polled.timed;
             }
             // One poll that long blocked the worker; awaiting never counts.
             if polled.took >= warn_ns {
@@ -272,15 +319,15 @@ pub mod __private {
             }
             if let Poll::Ready(output) = &polled.out {
                 this.progress.finish();
-                let counter = if (this.failed)(output) {
-                    &entry.calls.errors
+                if (this.failed)(output) {
+                    polled.counts.add(|s| &s.calls_error, 1);
                 } else {
-                    &entry.calls.ok
-                };
-                counter.fetch_add(1, Relaxed);
+                    polled.counts.add(|s| &s.calls_ok, 1);
+                }
                 let end = polled.start.saturating_add(polled.took);
                 let took = end.saturating_sub(*this.start);
-                entry.calls.durations.record(took);
+                polled.counts.add(|s| &s.call_ns, took);
+                entry.calls.durations.record(took, *this.timed);
                 if took >= slow_ns {
                     entry.calls.slow.fetch_add(1, Relaxed);
                 }

@@ -4,8 +4,9 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use crate::clock::{now_ns, OncePerSecond};
-use crate::instrument::names::NameEntry;
+use crate::instrument::names::{NameEntry, Timed};
 use crate::instrument::settings::SETTINGS;
+use crate::instrument::shard::Counts;
 use crate::instrument::slot;
 
 /// At most one slow-poll warning per second across the process.
@@ -18,41 +19,84 @@ pub(crate) struct Polled<T> {
     pub(crate) out: T,
     /// When it began (ns).
     pub(crate) start: u64,
-    /// How long it took (ns).
+    /// How long it took (ns), to within a tick of the coarse clock unless
+    /// it was timed with the fine one.
     pub(crate) took: u64,
+    /// Whether it was one of the sampled polls.
+    pub(crate) timed: Timed,
+    /// Where the thread counts for this poll's name.
+    pub(crate) counts: Counts<'static>,
 }
 
 /// Runs one poll of instrumented work named `entry`: marks it in the
 /// thread's poll slot for the watchdog (which then knows what the thread is
 /// stuck in, or that it keeps completing polls), stamps `last_poll` (for
-/// hung-task detection) and times it. What the duration counts for is the
-/// caller's: [`account_task_poll`] for tasks, the call's own thresholds for
-/// calls.
+/// hung-task detection) and times it, with the coarse clock when the
+/// shortest threshold its duration is compared with (`shortest_threshold_ns`)
+/// allows and the poll is not one of the sampled. What the duration counts
+/// for is the caller's: [`account_task_poll`] for tasks, the call's own
+/// thresholds for calls.
 ///
 /// Cost: one thread-local access, two clock reads, a handful of relaxed
-/// atomics; no lock, no allocation.
+/// loads and stores; no lock, no allocation, no locked instruction but on
+/// the sampled polls and the long ones.
 #[inline]
 pub(crate) fn instrument_poll<T>(
     entry: &'static NameEntry,
     last_poll: Option<&AtomicU64>,
+    shortest_threshold_ns: u64,
     poll: impl FnOnce() -> T,
 ) -> Polled<T> {
-    let guard = slot::enter(entry);
-    let start = guard.as_ref().map_or_else(now_ns, |g| g.start);
+    let Some(timing) = slot::timing(shortest_threshold_ns, true) else {
+        return untracked(entry, last_poll, poll);
+    };
+    let start = timing.now();
+    let guard = timing.slot.enter(entry, start);
     if let Some(last) = last_poll {
         last.store(start, Relaxed);
     }
     let out = poll();
     drop(guard);
-    let took = now_ns().saturating_sub(start);
-    Polled { out, start, took }
+    let took = timing.now().saturating_sub(start);
+    Polled {
+        out,
+        start,
+        took,
+        timed: timing.timed,
+        counts: timing.slot.counts(entry),
+    }
+}
+
+/// A poll on a thread being torn down (no slot): timed and counted, not
+/// shown to the watchdog.
+#[cold]
+fn untracked<T>(
+    entry: &'static NameEntry,
+    last_poll: Option<&AtomicU64>,
+    poll: impl FnOnce() -> T,
+) -> Polled<T> {
+    let start = now_ns();
+    if let Some(last) = last_poll {
+        last.store(start, Relaxed);
+    }
+    let out = poll();
+    Polled {
+        out,
+        start,
+        took: now_ns().saturating_sub(start),
+        timed: Timed::Sampled,
+        counts: slot::shared_counts(entry),
+    }
 }
 
 /// Counts a task's (or a `watched` future's) poll: its duration, and a slow
 /// poll when it took the blocking threshold or longer.
 #[inline]
-pub(crate) fn account_task_poll(entry: &'static NameEntry, took: u64) {
-    entry.tasks.polls.record(took);
+pub(crate) fn account_task_poll<T>(entry: &'static NameEntry, polled: &Polled<T>) {
+    let took = polled.took;
+    polled.counts.add(|s| &s.polls, 1);
+    polled.counts.add(|s| &s.poll_ns, took);
+    entry.tasks.polls.record(took, polled.timed);
     if took >= SETTINGS.blocking_ns() {
         slow_poll(entry, took);
     }

@@ -12,8 +12,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::clock::now_ns;
+use crate::clock::{coarse_min_ns, coarse_ns, now_ns};
 pub(crate) use crate::instrument::names::NameEntry;
+use crate::instrument::names::{Timed, NO_INDEX};
+use crate::instrument::shard::{Counts, Table};
 
 /// Park state as reported by the runtime hooks of [`crate::hooks`].
 pub(crate) const PARK_UNKNOWN: u8 = 0;
@@ -51,6 +53,9 @@ pub(crate) struct Slot {
     /// Whether a live thread owns the slot.
     in_use: AtomicBool,
     info: Mutex<ThreadInfo>,
+    /// The counter shards of the threads that owned the slot (kept when one
+    /// exits: its counts still count).
+    shards: Table,
 }
 
 impl Slot {
@@ -68,6 +73,18 @@ impl Slot {
                 name: None,
                 os_tid: 0,
             }),
+            shards: Table::new(),
+        }
+    }
+
+    /// Where the owning thread counts for `entry`.
+    #[inline]
+    pub(crate) fn counts(&self, entry: &'static NameEntry) -> Counts<'static> {
+        // SAFETY of the lifetime: slots are leaked, never freed.
+        let this: &'static Slot = unsafe { &*std::ptr::from_ref(self) };
+        match this.shards.own(entry.index) {
+            Some(shard) => Counts::Own(shard),
+            None => Counts::Shared(&entry.spill),
         }
     }
 }
@@ -80,6 +97,10 @@ struct Local {
     /// Whether the thread has been checked for being a runtime worker since
     /// it took the slot (at its first instrumented poll).
     worker_checked: Cell<bool>,
+    /// Polls and calls until the next sampled one.
+    countdown: Cell<u32>,
+    /// State of the generator that spaces the samples.
+    rng: Cell<u32>,
 }
 
 impl Local {
@@ -101,13 +122,47 @@ impl Local {
                 }
             }
         };
-        *slot.info.lock() = current_thread_info();
+        let info = current_thread_info();
+        let seed = (std::ptr::from_ref(slot) as usize as u32) ^ (info.os_tid as u32) | 1;
+        *slot.info.lock() = info;
         Local {
             slot,
             worker_checked: Cell::new(false),
+            countdown: Cell::new(1),
+            rng: Cell::new(seed),
         }
     }
+
+    /// Whether the next poll or call is one of the sampled: one in
+    /// [`SAMPLE_EVERY`] on average, at random intervals (so that work that
+    /// alternates with a fixed period is sampled evenly).
+    #[inline]
+    fn next_timed(&self) -> Timed {
+        let left = self.countdown.get();
+        if left > 1 {
+            self.countdown.set(left - 1);
+            Timed::Unsampled
+        } else {
+            self.countdown.set(self.next_interval());
+            Timed::Sampled
+        }
+    }
+
+    #[cold]
+    fn next_interval(&self) -> u32 {
+        // xorshift32
+        let mut x = self.rng.get();
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.rng.set(x);
+        1 + x % (2 * SAMPLE_EVERY - 1)
+    }
 }
+
+/// One poll or call in this many, on average, is timed with the fine clock
+/// and has its duration bucketed whatever it is ([`Timed::Sampled`]).
+pub(crate) const SAMPLE_EVERY: u32 = 128;
 
 impl Drop for Local {
     fn drop(&mut self) {
@@ -148,16 +203,94 @@ fn local_slot() -> Option<&'static Slot> {
 fn poll_slot() -> Option<&'static Slot> {
     LOCAL
         .try_with(|l| {
-            if !l.worker_checked.get() {
-                l.worker_checked.set(true);
-                if tokio::task::try_id().is_some() {
-                    l.slot.is_worker.store(true, Relaxed);
-                }
-            }
+            l.check_worker();
             l.slot
         })
         .ok()
 }
+
+impl Local {
+    #[inline]
+    fn check_worker(&self) {
+        if !self.worker_checked.get() {
+            self.worker_checked.set(true);
+            if tokio::task::try_id().is_some() {
+                self.slot.is_worker.store(true, Relaxed);
+            }
+        }
+    }
+}
+
+/// How one poll or call is timed, decided as it begins.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    /// The thread's slot.
+    pub(crate) slot: &'static Slot,
+    /// Whether it is one of the sampled.
+    pub(crate) timed: Timed,
+    /// Whether it is timed with the fine clock: when sampled, or when the
+    /// shortest threshold its duration is compared with is too short for
+    /// the coarse clock ([`coarse_min_ns`]).
+    pub(crate) fine: bool,
+}
+
+impl Timing {
+    /// The time now, on the clock this poll or call is timed with.
+    #[inline(always)]
+    pub(crate) fn now(&self) -> u64 {
+        if self.fine {
+            now_ns()
+        } else {
+            coarse_ns()
+        }
+    }
+}
+
+/// Begins timing a poll (`poll`, which also tells a runtime worker apart) or
+/// a call on this thread, whose duration will be compared with thresholds
+/// of `shortest_threshold_ns` or more. `None` while the thread is being torn
+/// down.
+#[inline]
+pub(crate) fn timing(shortest_threshold_ns: u64, poll: bool) -> Option<Timing> {
+    LOCAL
+        .try_with(|l| {
+            if poll {
+                l.check_worker();
+            }
+            let timed = l.next_timed();
+            Timing {
+                slot: l.slot,
+                timed,
+                fine: timed == Timed::Sampled || shortest_threshold_ns < coarse_min_ns(),
+            }
+        })
+        .ok()
+}
+
+/// Calls `visit` with the counter shards of every slot, owned or not.
+pub(crate) fn for_each_table(mut visit: impl FnMut(&Table)) {
+    let slots: Vec<&'static Slot> = SLOTS.lock().clone();
+    for slot in slots {
+        visit(&slot.shards);
+    }
+}
+
+/// Where the current thread counts for `entry` (off the per-poll path:
+/// spawns, task ends).
+#[inline]
+pub(crate) fn counts_here(entry: &'static NameEntry) -> Counts<'static> {
+    LOCAL
+        .try_with(|l| l.slot.counts(entry))
+        .unwrap_or(Counts::Shared(&entry.spill))
+}
+
+/// Where counts for `entry` go when the thread has no slot.
+#[inline]
+pub(crate) fn shared_counts(entry: &'static NameEntry) -> Counts<'static> {
+    Counts::Shared(&entry.spill)
+}
+
+const _: () = assert!(NO_INDEX == usize::MAX);
 
 /// Marks the current thread as a runtime worker.
 #[cfg(tokio_unstable)]
@@ -192,36 +325,43 @@ pub(crate) struct PollGuard {
     prev_task: *mut NameEntry,
     /// Start of this poll when it is the outermost one, else 0.
     outermost_start: u64,
-    /// Start of this poll (ns).
-    pub(crate) start: u64,
 }
 
-/// Records the start of an instrumented poll named `name` on this thread.
-///
-/// The hot path: one thread-local access, one clock read, two relaxed loads
-/// and two relaxed stores here, three relaxed stores when the guard drops
-/// (the end records the start of the poll that completed as progress).
-/// Nested instrumented polls keep the outermost start (the thread is busy
-/// since then) and show the innermost name.
+/// Records the start of an instrumented poll named `name` on this thread,
+/// stamped now on the coarse clock (runtime task hooks, the heartbeat).
 #[inline]
 pub(crate) fn enter(name: &'static NameEntry) -> Option<PollGuard> {
     let slot = poll_slot()?;
-    let start = now_ns();
-    let outermost_start = if slot.poll_start.load(Relaxed) == 0 {
-        slot.poll_start.store(start, Relaxed);
-        start
-    } else {
-        0
-    };
-    let prev_task = slot.task.load(Relaxed);
-    slot.task
-        .store(std::ptr::from_ref(name).cast_mut(), Relaxed);
-    Some(PollGuard {
-        slot,
-        prev_task,
-        outermost_start,
-        start,
-    })
+    Some(slot.enter(name, coarse_ns()))
+}
+
+impl Slot {
+    /// Records the start, at `start`, of an instrumented poll named `name`
+    /// on the thread that owns this slot.
+    ///
+    /// The hot path: two relaxed loads and two relaxed stores here, three
+    /// relaxed stores when the guard drops (the end records the start of the
+    /// poll that completed as progress). Nested instrumented polls keep the
+    /// outermost start (the thread is busy since then) and show the
+    /// innermost name.
+    #[inline]
+    pub(crate) fn enter(&'static self, name: &'static NameEntry, start: u64) -> PollGuard {
+        let slot = self;
+        let outermost_start = if slot.poll_start.load(Relaxed) == 0 {
+            slot.poll_start.store(start, Relaxed);
+            start
+        } else {
+            0
+        };
+        let prev_task = slot.task.load(Relaxed);
+        slot.task
+            .store(std::ptr::from_ref(name).cast_mut(), Relaxed);
+        PollGuard {
+            slot,
+            prev_task,
+            outermost_start,
+        }
+    }
 }
 
 impl Drop for PollGuard {

@@ -1,20 +1,20 @@
 //! Instrumented spawns: every task's outcome, per name, and hung tasks.
 
-use std::collections::HashMap;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::panic::Location;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 
-use parking_lot::Mutex;
 use tokio::task::JoinHandle;
 
-use crate::clock::now_ns;
+use crate::clock::coarse_ns;
+use crate::instrument::live::{self, LiveRecord};
 use crate::instrument::names::{self, NameEntry};
 use crate::instrument::outcome::{Ending, Progress};
 use crate::instrument::poll::{account_task_poll, instrument_poll};
+use crate::instrument::settings::SETTINGS;
+use crate::instrument::slot::counts_here;
 
 /// Spawns `future` on the current tokio runtime, like [`tokio::spawn`], as a
 /// task named by the caller's `file:line`, whose polls and outcome loopwatch
@@ -38,7 +38,7 @@ where
     F::Output: Send + 'static,
 {
     let entry = names::of_location(Location::caller());
-    tokio::spawn(Task::new(entry, future, never_failed::<F::Output>))
+    tokio::spawn(Task::<F, NeverFails>::new(entry, future))
 }
 
 /// Spawns `future` as a task named `name` (see [`spawn`]).
@@ -60,10 +60,9 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    tokio::spawn(Task::new(
+    tokio::spawn(Task::<F, NeverFails>::new(
         names::intern_cached(name),
         future,
-        never_failed::<F::Output>,
     ))
 }
 
@@ -88,146 +87,101 @@ where
     T: Send + 'static,
     E: Send + 'static,
 {
-    tokio::spawn(Task::new(
-        names::intern_cached(name),
-        future,
-        Result::is_err,
-    ))
+    tokio::spawn(Task::<F, ErrFails>::new(names::intern_cached(name), future))
 }
 
-fn never_failed<T>(_: &T) -> bool {
-    false
+/// Tells a failed task from a completed one by its output (a type, so that
+/// a task carries no function pointer).
+pub(crate) trait Judge<T> {
+    fn failed(output: &T) -> bool;
 }
 
-/// The future of a task spawned through loopwatch.
-#[pin_project::pin_project(PinnedDrop)]
-pub(crate) struct Task<F: Future> {
-    #[pin]
-    inner: F,
-    entry: &'static NameEntry,
-    failed: fn(&F::Output) -> bool,
-    progress: Progress,
-    live: Registration,
-}
+/// Every output is a completion.
+pub(crate) struct NeverFails;
 
-impl<F: Future> Task<F> {
-    fn new(entry: &'static NameEntry, inner: F, failed: fn(&F::Output) -> bool) -> Self {
-        entry.tasks.spawned.fetch_add(1, Relaxed);
-        Task {
-            inner,
-            entry,
-            failed,
-            progress: Progress::Idle,
-            live: Registration::new(entry),
-        }
+impl<T> Judge<T> for NeverFails {
+    #[inline]
+    fn failed(_: &T) -> bool {
+        false
     }
 }
 
-impl<F: Future> Future for Task<F> {
+/// An `Err` is a failure.
+pub(crate) struct ErrFails;
+
+impl<T, E> Judge<Result<T, E>> for ErrFails {
+    #[inline]
+    fn failed(output: &Result<T, E>) -> bool {
+        output.is_err()
+    }
+}
+
+/// The future of a task spawned through loopwatch: the user's future, a
+/// pointer to the task's live record (which holds its name) and where it
+/// stands; 16 bytes more than the future.
+#[pin_project::pin_project(PinnedDrop)]
+pub(crate) struct Task<F: Future, J: Judge<F::Output>> {
+    #[pin]
+    inner: F,
+    record: &'static LiveRecord,
+    progress: Progress,
+    judge: PhantomData<fn() -> J>,
+}
+
+impl<F: Future, J: Judge<F::Output>> Task<F, J> {
+    #[inline]
+    fn new(entry: &'static NameEntry, inner: F) -> Self {
+        let counts = counts_here(entry);
+        counts.add(|s| &s.spawned, 1);
+        Task {
+            inner,
+            record: live::register(entry, coarse_ns()),
+            progress: Progress::Idle,
+            judge: PhantomData,
+        }
+    }
+
+    #[inline]
+    fn entry(&self) -> &'static NameEntry {
+        self.record.entry().expect("a live task's record names it")
+    }
+}
+
+impl<F: Future, J: Judge<F::Output>> Future for Task<F, J> {
     type Output = F::Output;
 
     #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let entry = self.entry();
         let this = self.project();
-        let entry = *this.entry;
-        let (inner, last_poll) = (this.inner, &this.live.record.last_poll);
-        let polled = this
-            .progress
-            .step(|| instrument_poll(entry, Some(last_poll), || inner.poll(cx)));
-        account_task_poll(entry, polled.took);
-        let out = polled.out;
-        match &out {
-            Poll::Pending => {}
-            Poll::Ready(output) => {
-                this.progress.finish();
-                let counter = if (this.failed)(output) {
-                    &this.entry.tasks.failed
-                } else {
-                    &this.entry.tasks.completed
-                };
-                counter.fetch_add(1, Relaxed);
+        let (inner, last_poll) = (this.inner, &this.record.last_poll);
+        let polled = this.progress.step(|| {
+            instrument_poll(entry, Some(last_poll), SETTINGS.blocking_ns(), || {
+                inner.poll(cx)
+            })
+        });
+        account_task_poll(entry, &polled);
+        if let Poll::Ready(output) = &polled.out {
+            this.progress.finish();
+            if J::failed(output) {
+                polled.counts.add(|s| &s.failed, 1);
+            } else {
+                polled.counts.add(|s| &s.completed, 1);
             }
         }
-        out
+        polled.out
     }
 }
 
 #[pin_project::pinned_drop]
-impl<F: Future> PinnedDrop for Task<F> {
+impl<F: Future, J: Judge<F::Output>> PinnedDrop for Task<F, J> {
     fn drop(self: Pin<&mut Self>) {
-        let tasks = &self.entry.tasks;
+        let entry = self.entry();
+        live::release(self.record);
         match self.progress.dropped() {
             None => {}
-            Some(Ending::Panicked) => {
-                tasks.panicked.fetch_add(1, Relaxed);
-            }
-            Some(Ending::Cancelled) => {
-                tasks.cancelled.fetch_add(1, Relaxed);
-            }
-        }
-    }
-}
-
-/// What the watchdog knows of one live task.
-#[derive(Debug)]
-pub(crate) struct TaskRecord {
-    pub(crate) entry: &'static NameEntry,
-    /// Start of the task's last poll, or its spawn time before the first (ns).
-    pub(crate) last_poll: AtomicU64,
-}
-
-const SHARDS: usize = 16;
-
-type Shard = Mutex<HashMap<u64, Arc<TaskRecord>>>;
-
-/// Live tasks, sharded so that spawns on different threads rarely meet.
-/// Taken at spawn and at the end of a task, never per poll.
-static LIVE: LazyLock<[Shard; SHARDS]> =
-    LazyLock::new(|| std::array::from_fn(|_| Mutex::new(HashMap::new())));
-
-static NEXT_ID: AtomicU64 = AtomicU64::new(0);
-
-/// A live task's entry in [`LIVE`]; removes it when dropped.
-#[derive(Debug)]
-struct Registration {
-    id: u64,
-    record: Arc<TaskRecord>,
-}
-
-impl Registration {
-    fn new(entry: &'static NameEntry) -> Self {
-        let id = NEXT_ID.fetch_add(1, Relaxed);
-        let record = Arc::new(TaskRecord {
-            entry,
-            last_poll: AtomicU64::new(now_ns()),
-        });
-        LIVE[shard(id)].lock().insert(id, record.clone());
-        Registration { id, record }
-    }
-}
-
-impl Drop for Registration {
-    fn drop(&mut self) {
-        let mut shard = LIVE[shard(self.id)].lock();
-        shard.remove(&self.id);
-        // Give memory back after a burst of tasks.
-        if shard.capacity() > 64 && shard.len() < shard.capacity() / 4 {
-            let len = shard.len();
-            shard.shrink_to(len * 2);
-        }
-    }
-}
-
-fn shard(id: u64) -> usize {
-    (id % SHARDS as u64) as usize
-}
-
-/// Calls `visit` with every live task's record (watchdog thread). Each shard
-/// is locked in turn, briefly.
-pub(crate) fn for_each_live(mut visit: impl FnMut(&TaskRecord)) {
-    for shard in LIVE.iter() {
-        for record in shard.lock().values() {
-            visit(record);
+            Some(Ending::Panicked) => counts_here(entry).add(|s| &s.panicked, 1),
+            Some(Ending::Cancelled) => counts_here(entry).add(|s| &s.cancelled, 1),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 
 use crate::instrument::names::{self, NameEntry};
 use crate::instrument::poll::{account_task_poll, instrument_poll};
+use crate::instrument::settings::SETTINGS;
 
 /// A future whose polls are recorded in the poll slot of the thread that runs
 /// them, so that the watchdog knows exactly which task a worker is stuck in
@@ -47,8 +48,8 @@ impl<F: Future> Future for Watched<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let name = *this.name;
-        let polled = instrument_poll(name, None, || this.inner.poll(cx));
-        account_task_poll(name, polled.took);
+        let polled = instrument_poll(name, None, SETTINGS.blocking_ns(), || this.inner.poll(cx));
+        account_task_poll(name, &polled);
         polled.out
     }
 }

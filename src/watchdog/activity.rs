@@ -11,7 +11,7 @@ use super::process::{self, ProcessStats};
 use super::publish;
 use crate::clock::nanos;
 use crate::health::{CallCounts, HungTask, TaskCounts};
-use crate::instrument::names::{self, NameEntry};
+use crate::instrument::names::{self, NameCounts};
 
 /// Hung tasks listed by name in `Health`, oldest first.
 const HUNG_LISTED: usize = 5;
@@ -33,21 +33,20 @@ struct Reading {
 }
 
 impl Reading {
-    fn of(entry: &NameEntry) -> Self {
-        let t = &entry.tasks;
-        let c = &entry.calls;
+    fn of(counts: &NameCounts) -> Self {
+        let s = &counts.shards;
         Reading {
-            spawned: t.spawned.load(Relaxed),
-            completed: t.completed.load(Relaxed),
-            failed: t.failed.load(Relaxed),
-            panicked: t.panicked.load(Relaxed),
-            cancelled: t.cancelled.load(Relaxed),
-            slow_polls: t.slow_polls.load(Relaxed),
-            calls_ok: c.ok.load(Relaxed),
-            calls_error: c.errors.load(Relaxed),
-            calls_panic: c.panics.load(Relaxed),
-            blocking: c.blocking.load(Relaxed),
-            slow_calls: c.slow.load(Relaxed),
+            spawned: s.spawned,
+            completed: s.completed,
+            failed: s.failed,
+            panicked: s.panicked,
+            cancelled: s.cancelled,
+            slow_polls: counts.slow_polls,
+            calls_ok: s.calls_ok,
+            calls_error: s.calls_error,
+            calls_panic: counts.call_panics,
+            blocking: counts.blocking,
+            slow_calls: counts.slow_calls,
         }
     }
 
@@ -79,11 +78,11 @@ impl Usage {
     fn scan_hung(&mut self, now: u64, hung_ns: u64) {
         let mut by_name: HashMap<&'static str, u64> = HashMap::new();
         let mut oldest: Vec<(u64, &'static str)> = Vec::new();
-        crate::instrument::task::for_each_live(|record| {
+        crate::instrument::live::for_each_live(|entry, record| {
             let idle = now.saturating_sub(record.last_poll.load(Relaxed));
             if idle >= hung_ns {
-                *by_name.entry(record.entry.name).or_default() += 1;
-                oldest.push((idle, record.entry.name));
+                *by_name.entry(entry.name).or_default() += 1;
+                oldest.push((idle, entry.name));
             }
         });
         oldest.sort_unstable_by_key(|o| std::cmp::Reverse(o.0));
@@ -102,8 +101,8 @@ impl Usage {
     fn totals(&self) -> (TaskCounts, BTreeMap<String, CallCounts>, Vec<HungTask>) {
         let mut tasks = TaskCounts::default();
         let mut calls = BTreeMap::new();
-        for entry in names::all() {
-            let r = Reading::of(entry);
+        for (entry, counts) in names::read_all() {
+            let r = Reading::of(&counts);
             tasks.spawned += r.spawned;
             tasks.completed += r.completed;
             tasks.failed += r.failed;
@@ -129,8 +128,8 @@ impl Usage {
 
     /// Publishes what changed since the last call through the `metrics` facade.
     fn publish(&mut self) {
-        for entry in names::all() {
-            let now = Reading::of(entry);
+        for (entry, counts) in names::read_all() {
+            let now = Reading::of(&counts);
             let hung = self.hung_by_name.get(entry.name).copied().unwrap_or(0);
             let last = self.published.get(entry.name).copied();
             if last == Some((now, hung)) {
@@ -142,12 +141,12 @@ impl Usage {
                 publish::task_counts(
                     name,
                     [
-                        now.spawned - before.spawned,
-                        now.completed - before.completed,
-                        now.failed - before.failed,
-                        now.panicked - before.panicked,
-                        now.cancelled - before.cancelled,
-                        now.slow_polls - before.slow_polls,
+                        now.spawned.saturating_sub(before.spawned),
+                        now.completed.saturating_sub(before.completed),
+                        now.failed.saturating_sub(before.failed),
+                        now.panicked.saturating_sub(before.panicked),
+                        now.cancelled.saturating_sub(before.cancelled),
+                        now.slow_polls.saturating_sub(before.slow_polls),
                     ],
                     now.alive(),
                     hung,
@@ -157,11 +156,11 @@ impl Usage {
                 publish::call_counts(
                     name,
                     [
-                        now.calls_ok - before.calls_ok,
-                        now.calls_error - before.calls_error,
-                        now.calls_panic - before.calls_panic,
-                        now.blocking - before.blocking,
-                        now.slow_calls - before.slow_calls,
+                        now.calls_ok.saturating_sub(before.calls_ok),
+                        now.calls_error.saturating_sub(before.calls_error),
+                        now.calls_panic.saturating_sub(before.calls_panic),
+                        now.blocking.saturating_sub(before.blocking),
+                        now.slow_calls.saturating_sub(before.slow_calls),
                     ],
                 );
             }
