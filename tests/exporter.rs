@@ -446,8 +446,10 @@ fn duration_histograms_have_the_exact_count_and_sum() {
         2.0
     );
     let sum = value(&format!("{call}_sum{{call=\"histogram.call\"}}"));
+    // Each duration is measured to within a tick of the coarse clock, under
+    // 5 ms at these thresholds.
     assert!(
-        (0.24..1.5).contains(&sum),
+        (0.23..1.5).contains(&sum),
         "two 120 ms calls summed to {sum}"
     );
     assert_eq!(
@@ -470,7 +472,7 @@ fn duration_histograms_have_the_exact_count_and_sum() {
     );
     let sum = value(&format!("{poll}_sum{{task=\"histogram.task\"}}"));
     assert!(
-        (0.24..1.5).contains(&sum),
+        (0.23..1.5).contains(&sum),
         "two 120 ms polls summed to {sum}"
     );
     exporter.shutdown();
