@@ -1,7 +1,9 @@
 //! Cost added to each poll by loopwatch, measured in the same run against
 //! baselines:
 //!
-//! - `poll/*`: one empty poll of a future, bare and `.watched(...)`;
+//! - `poll/*`: one empty poll of a future, bare and `.watched(...)`, and
+//!   (Linux) two reads of `CLOCK_MONOTONIC_COARSE` through libc, the floor of
+//!   what a poll timed with the coarse clock can cost on this machine;
 //! - `task/*`: a task on a 2-worker runtime that yields 1,000 times (one poll
 //!   per yield), spawned with `tokio::spawn`, with `loopwatch::spawn_named`,
 //!   and with tokio-metrics' `TaskMonitor::instrument`; per poll;
@@ -51,6 +53,21 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("watched", |b| {
         b.iter_custom(|iters| poll_many(std::hint::black_box(Pending).watched("bench"), iters))
+    });
+    #[cfg(target_os = "linux")]
+    group.bench_function("two_coarse_clock_reads", |b| {
+        b.iter(|| {
+            let read = || {
+                let mut ts = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                // SAFETY: a valid clock id and timespec.
+                unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+                std::hint::black_box(ts.tv_nsec)
+            };
+            (read(), read())
+        })
     });
     group.finish();
 

@@ -155,6 +155,7 @@ fn long_call(entry: &'static NameEntry, warn_ns: u64, slow_ns: u64, took: u64) {
 
 /// The (blocking, slow) thresholds of a call site in ns: its own where set
 /// (non-zero), else the running watchdog's.
+#[inline]
 fn thresholds(site: Option<SiteThresholds>) -> (u64, u64) {
     let own = |ns: u64| Some(ns).filter(|&ns| ns != 0);
     (
@@ -239,6 +240,7 @@ pub mod __private {
             }
         }
 
+        #[inline]
         fn entry(&self) -> &'static NameEntry {
             self.entry.get_or_init(|| names::intern(self.name))
         }

@@ -109,6 +109,7 @@ pub(crate) fn release(record: &'static LiveRecord) {
 
 impl LiveRecord {
     /// The name of the task that holds the record, if one does.
+    #[inline]
     pub(crate) fn entry(&self) -> Option<&'static NameEntry> {
         // SAFETY: null or a leaked, never-freed `NameEntry`.
         unsafe { self.entry.load(Ordering::Acquire).as_ref() }

@@ -31,7 +31,7 @@ pub(crate) struct Polled<T> {
 /// Runs one poll of instrumented work named `entry`: marks it in the
 /// thread's poll slot for the watchdog (which then knows what the thread is
 /// stuck in, or that it keeps completing polls), stamps `last_poll` (for
-/// hung-task detection) and times it, with the coarse clock when the
+/// hung-task detection, to within [`LAST_POLL_EVERY_NS`]) and times it, with the coarse clock when the
 /// shortest threshold its duration is compared with (`shortest_threshold_ns`)
 /// allows and the poll is not one of the sampled. What the duration counts
 /// for is the caller's: [`account_task_poll`] for tasks, the call's own
@@ -53,7 +53,7 @@ pub(crate) fn instrument_poll<T>(
     let start = timing.now();
     let guard = timing.slot.enter(entry, start);
     if let Some(last) = last_poll {
-        last.store(start, Relaxed);
+        stamp_last_poll(last, start);
     }
     let out = poll();
     drop(guard);
@@ -77,7 +77,7 @@ fn untracked<T>(
 ) -> Polled<T> {
     let start = now_ns();
     if let Some(last) = last_poll {
-        last.store(start, Relaxed);
+        stamp_last_poll(last, start);
     }
     let out = poll();
     Polled {
@@ -86,6 +86,19 @@ fn untracked<T>(
         took: now_ns().saturating_sub(start),
         timed: Timed::Sampled,
         counts: slot::shared_counts(entry),
+    }
+}
+
+/// A live task's last poll is stamped again only when the stamp is this old
+/// (16 ms), so that its record, which shares a cache line with other tasks'
+/// records, is read at each poll but written at most this often. The
+/// watchdog takes the stamp to be up to this much early.
+pub(crate) const LAST_POLL_EVERY_NS: u64 = 16_000_000;
+
+#[inline]
+fn stamp_last_poll(last: &AtomicU64, start: u64) {
+    if start.saturating_sub(last.load(Relaxed)) >= LAST_POLL_EVERY_NS {
+        last.store(start, Relaxed);
     }
 }
 

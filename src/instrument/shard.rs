@@ -105,7 +105,11 @@ impl<'a> Counts<'a> {
     }
 }
 
-type Chunk = [Shard; CHUNK];
+/// The shards of [`CHUNK`] names, on cache lines of their own (one thread
+/// writes them).
+#[derive(Debug)]
+#[repr(align(128))]
+struct Chunk([Shard; CHUNK]);
 
 /// One thread's shards, by name index.
 #[derive(Debug)]
@@ -130,13 +134,13 @@ impl Table {
             chunk = Self::grow(slot);
         }
         // SAFETY: non-null chunks are leaked boxes, never freed.
-        Some(&unsafe { &*chunk }[index % CHUNK])
+        Some(&unsafe { &*chunk }.0[index % CHUNK])
     }
 
     #[cold]
     fn grow(slot: &AtomicPtr<Chunk>) -> *mut Chunk {
         let chunk: &'static mut Chunk =
-            Box::leak(Box::new(std::array::from_fn(|_| Shard::default())));
+            Box::leak(Box::new(Chunk(std::array::from_fn(|_| Shard::default()))));
         let chunk = std::ptr::from_mut(chunk);
         slot.store(chunk, Ordering::Release);
         chunk
@@ -148,7 +152,7 @@ impl Table {
             let chunk = slot.load(Ordering::Acquire);
             // SAFETY: as in `own`.
             if let Some(chunk) = unsafe { chunk.as_ref() } {
-                for (i, shard) in chunk.iter().enumerate() {
+                for (i, shard) in chunk.0.iter().enumerate() {
                     visit(c * CHUNK + i, shard);
                 }
             }

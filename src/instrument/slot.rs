@@ -34,8 +34,10 @@ pub(crate) struct ThreadInfo {
     pub(crate) os_tid: i64,
 }
 
-/// One thread's slot.
+/// One thread's slot, on cache lines of its own (its owner writes it at
+/// every poll).
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct Slot {
     /// Start of the outermost instrumented poll running on the thread (0 = none).
     poll_start: AtomicU64,

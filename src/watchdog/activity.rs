@@ -12,6 +12,7 @@ use super::publish;
 use crate::clock::nanos;
 use crate::health::{CallCounts, HungTask, TaskCounts};
 use crate::instrument::names::{self, NameCounts};
+use crate::instrument::poll::LAST_POLL_EVERY_NS;
 
 /// Hung tasks listed by name in `Health`, oldest first.
 const HUNG_LISTED: usize = 5;
@@ -79,7 +80,11 @@ impl Usage {
         let mut by_name: HashMap<&'static str, u64> = HashMap::new();
         let mut oldest: Vec<(u64, &'static str)> = Vec::new();
         crate::instrument::live::for_each_live(|entry, record| {
-            let idle = now.saturating_sub(record.last_poll.load(Relaxed));
+            // The stamp may be up to LAST_POLL_EVERY_NS early: count the
+            // idle time that is sure.
+            let idle = now
+                .saturating_sub(record.last_poll.load(Relaxed))
+                .saturating_sub(LAST_POLL_EVERY_NS);
             if idle >= hung_ns {
                 *by_name.entry(entry.name).or_default() += 1;
                 oldest.push((idle, entry.name));
