@@ -127,8 +127,10 @@ pub(crate) fn coarse_ns() -> u64 {
     imp::coarse().max(1)
 }
 
+static COARSE_TICK: LazyLock<Option<u64>> = LazyLock::new(imp::coarse_resolution);
+
 static COARSE_MIN: LazyLock<u64> = LazyLock::new(|| {
-    imp::coarse_resolution().map_or(u64::MAX, |tick| {
+    coarse_tick_ns().map_or(u64::MAX, |tick| {
         tick.saturating_mul(COARSE_TICKS_PER_THRESHOLD)
     })
 });
@@ -142,9 +144,15 @@ pub(crate) fn coarse_min_ns() -> u64 {
 }
 
 /// The coarse clock's tick in nanoseconds, if there is one.
-#[cfg(test)]
 pub(crate) fn coarse_tick_ns() -> Option<u64> {
-    imp::coarse_resolution()
+    *COARSE_TICK
+}
+
+/// How much earlier than the instant it marks a stamp may be: one tick of
+/// the coarse clock (0 without one). A stamp `s` marks an instant in
+/// `[s, s + coarse_lag_ns())`.
+pub(crate) fn coarse_lag_ns() -> u64 {
+    coarse_tick_ns().unwrap_or(0)
 }
 
 /// Seconds since the unix epoch, as a float (for gauges and JSON).

@@ -497,3 +497,35 @@ mod unstable {
         reports.assert_none();
     }
 }
+
+/// Instrumented stalls are matched to the worker they hold whatever the
+/// phase of their start against the watchdog's checks and the coarse
+/// clock's ticks: every one of many is reported, named.
+#[test]
+fn every_one_of_many_instrumented_stalls_is_reported() {
+    let _serial = serial();
+    let (watchdog, reports) = start(Duration::from_millis(200), Duration::from_millis(20));
+    let rt = multi_thread(2);
+    watchdog.watch_runtime("many", rt.handle()).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    const STALLS: usize = 15;
+    for i in 0..STALLS {
+        // Start at a different phase of the check interval each time.
+        std::thread::sleep(Duration::from_millis(60 + 7 * i as u64));
+        rt.block_on(async {
+            loopwatch::spawn_named("many.stall", async {
+                std::thread::sleep(Duration::from_millis(450));
+            })
+            .await
+        })
+        .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let firsts = reports.first_reports();
+    let named = firsts
+        .iter()
+        .filter(|(_, r)| r.runtime == "many" && r.task.as_deref() == Some("many.stall"))
+        .count();
+    assert_eq!(named, STALLS, "{firsts:#?}");
+    watchdog.shutdown();
+}

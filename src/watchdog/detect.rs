@@ -199,11 +199,17 @@ impl RuntimeMonitor {
         let mut stuck_sorted = stuck.clone();
         stuck_sorted.sort_by_key(|s| s.poll_start);
         let mut unmatched = active.clone();
+        // A poll's stamp may be up to a tick of the coarse clock earlier
+        // than its start, and the watchdog's times are fine: a worker whose
+        // metrics last changed after the stamp but within that tick may
+        // still have changed them before the poll began.
+        let lag = crate::clock::coarse_lag_ns();
         for s in &stuck_sorted {
+            let began_by = s.poll_start.saturating_add(lag);
             let pick = unmatched
                 .iter()
                 .enumerate()
-                .filter(|(_, &(_, _, after))| after <= s.poll_start)
+                .filter(|(_, &(_, _, after))| after <= began_by)
                 .max_by_key(|(_, &(_, _, after))| after)
                 .map(|(idx, _)| idx);
             let worker = match (pick, self.current_thread) {
