@@ -417,6 +417,43 @@ fn short_polls_are_counted_exactly_and_bucketed_from_a_sample() {
     watchdog.shutdown();
 }
 
+/// The sample is taken at random intervals: two futures polled in turn on
+/// one thread are both sampled, so each name's short buckets come from its
+/// own polls (a fixed interval of an even length would sample only one).
+#[test]
+fn futures_polled_in_turn_are_both_sampled() {
+    use loopwatch::WatchExt as _;
+    use std::future::Future;
+    use std::task::{Context, Waker};
+
+    let _serial = serial();
+    let (watchdog, exporter) = start(Duration::from_secs(5));
+    let mut a = Box::pin(std::future::pending::<()>().watched("turns.a"));
+    let mut b = Box::pin(std::future::pending::<()>().watched("turns.b"));
+    let mut cx = Context::from_waker(Waker::noop());
+    const POLLS: u64 = 50_000;
+    for _ in 0..POLLS {
+        assert!(a.as_mut().poll(&mut cx).is_pending());
+        assert!(b.as_mut().poll(&mut cx).is_pending());
+    }
+    let body = get(exporter.local_addr(), "/metrics").body;
+    let value = |series: &str| series_value(&body, series);
+    for name in ["turns.a", "turns.b"] {
+        let poll = "loopwatch_poll_duration_seconds";
+        let label = format!("task=\"{name}\"");
+        assert_eq!(value(&format!("{poll}_count{{{label}}}")), POLLS as f64);
+        // An empty poll takes well under 16 us; had the name no sample, its
+        // polls would all sit in the bucket below 67 ms.
+        let short = value(&format!("{poll}_bucket{{{label},le=\"0.000016384\"}}"));
+        assert!(
+            short >= 0.9 * POLLS as f64,
+            "{name}: {short} of {POLLS} polls under 16 us"
+        );
+    }
+    exporter.shutdown();
+    watchdog.shutdown();
+}
+
 /// Poll and call durations come out with their exact count and sum, in
 /// cumulative buckets.
 #[test]

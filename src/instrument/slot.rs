@@ -453,3 +453,30 @@ pub(crate) mod task_hooks {
         drop(GUARD.with(Cell::take));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_too_short_for_the_coarse_clock_are_timed_with_the_fine_one() {
+        let min = coarse_min_ns();
+        let mut fine = [0u32; 2];
+        const TIMES: u32 = 10_000;
+        for _ in 0..TIMES {
+            fine[0] += u32::from(timing(min.saturating_sub(1), false).unwrap().fine);
+            fine[1] += u32::from(timing(min, false).unwrap().fine);
+        }
+        assert_eq!(fine[0], TIMES, "below the coarse clock's minimum");
+        if min == u64::MAX {
+            return; // no coarse clock here
+        }
+        // At the minimum, only the sampled (one in SAMPLE_EVERY on average).
+        let expected = TIMES / SAMPLE_EVERY;
+        assert!(
+            (expected / 2..expected * 2).contains(&fine[1]),
+            "{} of {TIMES} fine, about {expected} expected",
+            fine[1]
+        );
+    }
+}
