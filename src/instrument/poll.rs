@@ -56,8 +56,9 @@ pub(crate) fn instrument_poll<T>(
         stamp_last_poll(last, start);
     }
     let out = poll();
-    drop(guard);
-    let took = timing.now().saturating_sub(start);
+    let end = timing.now();
+    guard.finish(end);
+    let took = end.saturating_sub(start);
     Polled {
         out,
         start,

@@ -41,8 +41,9 @@ pub(crate) struct ThreadInfo {
 pub(crate) struct Slot {
     /// Start of the outermost instrumented poll running on the thread (0 = none).
     poll_start: AtomicU64,
-    /// Start of the last outermost instrumented poll that has completed
-    /// (0 = none yet): evidence that the thread makes progress.
+    /// End of the last outermost instrumented poll that has completed (its
+    /// start for polls timed by the runtime hooks; 0 = none yet): evidence
+    /// that the thread makes progress.
     last_completed: AtomicU64,
     /// Name of the innermost instrumented poll running now (null = none).
     task: AtomicPtr<NameEntry>,
@@ -366,7 +367,20 @@ impl Slot {
     }
 }
 
+impl PollGuard {
+    /// Ends the poll at `end` (ns): the thread is seen to have made
+    /// progress then, however long the poll took.
+    #[inline]
+    pub(crate) fn finish(mut self, end: u64) {
+        if self.outermost_start != 0 {
+            self.outermost_start = end;
+        }
+    }
+}
+
 impl Drop for PollGuard {
+    /// Ends the poll; without [`PollGuard::finish`] (runtime hooks, the
+    /// heartbeat, an unwind), its start is what is known to have passed.
     #[inline]
     fn drop(&mut self) {
         self.slot.task.store(self.prev_task, Relaxed);

@@ -98,8 +98,28 @@ impl Checker {
         }
         let now = now_ns();
         let seen = self.detect(now);
+        let events = self.stalls.update(now, seen);
+        // New stalls are counted and shown in health at once: gathering
+        // their evidence (a stack to take and symbolize per stalled worker)
+        // may take a while, and health and the stall counter are what load
+        // balancers, scrapes and alerts see.
+        let mut flagged = false;
+        for event in &events {
+            if let Event::Report { report, candidate } = event {
+                if report.escalation == 0 {
+                    flagged = true;
+                    if let Some(watched) = self.runtimes.get_mut(candidate.runtime.serial) {
+                        watched.history.stalls += 1;
+                    }
+                    self.reporter.stall_flagged(report);
+                }
+            }
+        }
+        if flagged {
+            self.publish(now);
+        }
         let mut reports = Vec::new();
-        for event in self.stalls.update(now, seen) {
+        for event in events {
             reports.extend(self.handle(event, &gone));
         }
         self.evidence.end_check();
@@ -161,14 +181,11 @@ impl Checker {
                 mut report,
                 candidate,
             } => {
-                let serial = candidate.runtime.serial;
-                let monitor = self.runtimes.get(serial).map(|w| &w.monitor);
+                let monitor = self
+                    .runtimes
+                    .get(candidate.runtime.serial)
+                    .map(|w| &w.monitor);
                 self.evidence.add(&mut report, &candidate, monitor);
-                if report.escalation == 0 {
-                    if let Some(watched) = self.runtimes.get_mut(serial) {
-                        watched.history.stalls += 1;
-                    }
-                }
                 self.recent.record(candidate.key, &report);
                 Some(report)
             }

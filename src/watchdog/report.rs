@@ -142,12 +142,16 @@ impl Reporter {
     }
 
     /// A stall flagged now (`escalation == 0`) or escalated.
+    /// Counts a stall flagged now, before its evidence is gathered.
+    pub(crate) fn stall_flagged(&self, report: &StallReport) {
+        publish::stall_flagged(&report.runtime);
+    }
+
     pub(crate) fn report(&self, report: &StallReport) {
-        if report.escalation == 0 {
-            publish::stall_flagged(&report.runtime);
-            if report.cpu_bound == Some(true) {
-                publish::stall_on_cpu(&report.runtime);
-            }
+        // The stall itself was counted by `stall_flagged`; whether it is on
+        // a CPU is known from its evidence.
+        if report.escalation == 0 && report.cpu_bound == Some(true) {
+            publish::stall_on_cpu(&report.runtime);
         }
         // One log line per report: the first with the stack (or why there is
         // none), an escalation with whether the stack moved.
