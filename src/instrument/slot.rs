@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 
 use crate::clock::{coarse_min_ns, coarse_ns, now_ns};
 pub(crate) use crate::instrument::names::NameEntry;
-use crate::instrument::names::{Timed, NO_INDEX};
+use crate::instrument::names::Timed;
 use crate::instrument::shard::{Counts, Table};
 
 /// Park state as reported by the runtime hooks of [`crate::hooks`].
@@ -82,10 +82,8 @@ impl Slot {
 
     /// Where the owning thread counts for `entry`.
     #[inline]
-    pub(crate) fn counts(&self, entry: &'static NameEntry) -> Counts<'static> {
-        // SAFETY of the lifetime: slots are leaked, never freed.
-        let this: &'static Slot = unsafe { &*std::ptr::from_ref(self) };
-        match this.shards.own(entry.index) {
+    pub(crate) fn counts(&'static self, entry: &'static NameEntry) -> Counts<'static> {
+        match self.shards.own(entry.index) {
             Some(shard) => Counts::Own(shard),
             None => Counts::Shared(&entry.spill),
         }
@@ -292,8 +290,6 @@ pub(crate) fn counts_here(entry: &'static NameEntry) -> Counts<'static> {
 pub(crate) fn shared_counts(entry: &'static NameEntry) -> Counts<'static> {
     Counts::Shared(&entry.spill)
 }
-
-const _: () = assert!(NO_INDEX == usize::MAX);
 
 /// Marks the current thread as a runtime worker.
 #[cfg(tokio_unstable)]
