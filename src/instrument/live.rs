@@ -83,7 +83,7 @@ pub(crate) fn register(entry: &'static NameEntry, now: u64) -> &'static LiveReco
                 None => refill(&mut spare),
             }
         })
-        .unwrap_or_else(|_| take_batch().pop().unwrap_or_else(|| new_block()[0]));
+        .unwrap_or_else(|_| take_one());
     record.last_poll.store(now, Ordering::Relaxed);
     record
         .entry
@@ -133,6 +133,21 @@ fn give_back(spare: &mut Vec<&'static LiveRecord>) {
     POOL.lock().push(batch);
 }
 
+/// One record for a thread without its free list (being torn down): the
+/// rest of the batch it comes from goes back to the pool, so none is lost.
+#[cold]
+fn take_one() -> &'static LiveRecord {
+    let mut batch = take_batch();
+    if batch.is_empty() {
+        batch = new_block();
+    }
+    let record = batch.pop().expect("a batch is never empty");
+    if !batch.is_empty() {
+        POOL.lock().push(batch);
+    }
+    record
+}
+
 fn take_batch() -> Vec<&'static LiveRecord> {
     POOL.lock().pop().unwrap_or_default()
 }
@@ -167,8 +182,12 @@ pub(crate) fn allocated() -> usize {
 mod tests {
     use super::*;
 
+    /// The slab is process-wide: its tests take turns.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
     #[test]
     fn records_are_recycled_across_threads_without_growing() {
+        let _serial = SERIAL.lock();
         let entry = NameEntry::unlisted("live-test");
         // Spawned on this thread, ended on another, many times: the records
         // come back through the pool instead of piling up on one side.
@@ -194,5 +213,22 @@ mod tests {
         });
         assert_eq!(seen, 10);
         kept.into_iter().for_each(release);
+    }
+
+    #[test]
+    fn a_record_taken_without_a_free_list_leaves_the_rest_in_the_pool() {
+        let pooled = || POOL.lock().iter().map(Vec::len).sum::<usize>();
+        let _serial = SERIAL.lock();
+        let before = (pooled(), allocated());
+        let record = take_one();
+        let (pool, blocks) = (pooled(), allocated());
+        // Either a pooled batch gave one record, or a new block gave one
+        // and pooled the others: nothing went missing.
+        assert_eq!(
+            pool + 1,
+            before.0 + (blocks - before.1),
+            "pooled {pool} after {before:?}, blocks {blocks}"
+        );
+        POOL.lock().push(vec![record]);
     }
 }

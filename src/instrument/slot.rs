@@ -282,7 +282,7 @@ pub(crate) fn for_each_table(mut visit: impl FnMut(&Table)) {
 pub(crate) fn counts_here(entry: &'static NameEntry) -> Counts<'static> {
     LOCAL
         .try_with(|l| l.slot.counts(entry))
-        .unwrap_or(Counts::Shared(&entry.spill))
+        .unwrap_or_else(|_| shared_counts(entry))
 }
 
 /// Where counts for `entry` go when the thread has no slot.
