@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! cargo run --example stack_cost            # a debug binary, with full debug info
-//! cargo run --release --example stack_cost  # line tables only
+//! cargo run --release --example stack_cost  # limited debug info (the release profile)
 //! ```
 //!
 //! Exits with an error if sampling adds more than 16 MiB of resident memory

@@ -24,6 +24,13 @@ const COARSE_TICKS_PER_THRESHOLD: u64 = 20;
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 mod vdso;
 
+/// The address of the vDSO's `clock_gettime`, for tests that name frames in
+/// the vDSO.
+#[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
+pub(crate) fn vdso_clock_gettime_address() -> Option<usize> {
+    vdso::clock_gettime().map(|f| f as usize)
+}
+
 #[cfg(target_os = "linux")]
 mod imp {
     use std::sync::atomic::{AtomicPtr, Ordering::Relaxed};

@@ -88,6 +88,12 @@ pub struct RecentStall {
     pub culprit: Option<String>,
     /// The stuck thread's stack at the last report.
     pub backtrace: Option<String>,
+    /// Whether that stack is complete (see
+    /// [`StallReport::stack_complete`](crate::StallReport::stack_complete)).
+    pub stack_complete: Option<bool>,
+    /// Why the stall could not be confirmed, when it could not (see
+    /// [`StallReport::unconfirmed`](crate::StallReport::unconfirmed)).
+    pub unconfirmed: Option<String>,
     /// The `tracing` spans it was in, outermost first (see
     /// [`StallReport::spans`](crate::StallReport::spans)).
     pub spans: Vec<String>,
@@ -133,6 +139,9 @@ pub struct StalledWorker {
     /// The `tracing` spans it is in, outermost first, once a report has
     /// read them (see [`StallReport::spans`](crate::StallReport::spans)).
     pub spans: Vec<String>,
+    /// Why the stall could not be confirmed, when it could not (see
+    /// [`StallReport::unconfirmed`](crate::StallReport::unconfirmed)).
+    pub unconfirmed: Option<String>,
 }
 
 /// Outcomes of tasks spawned through loopwatch.

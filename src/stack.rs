@@ -4,11 +4,12 @@
 //! - [`proc`]: what the kernel says about a thread (on a CPU or waiting, the
 //!   registers of a waiting thread, its blocked signals) and copies of
 //!   memory that cannot fault;
-//! - [`modules`]: the loaded objects and their unwind tables, and the walk
-//!   of a copied stack (with `framehop`);
+//! - [`modules`]: the loaded objects and their unwind tables;
+//! - [`unwind`]: the walk of a copied stack, right without the frame
+//!   pointer (its doc says why);
 //! - [`capture`]: the real-time signal, for a stuck thread on a CPU only;
-//! - [`classify`]: the one classifier of frames, by address (tokio's
-//!   scheduler, task harness and park code);
+//! - [`classify`]: the one classifier of frames, by name, inlined ones
+//!   included (tokio's scheduler, task harness and park code);
 //! - [`symbols`]: names, `file:line` and the culprit, resolved on demand.
 //!
 //! A thread waiting in the kernel (a sleep, a lock, blocking I/O: most
@@ -71,8 +72,12 @@ impl fmt::Display for NoStack {
 pub(crate) struct Sample {
     /// Addresses to look up, innermost first.
     pub(crate) frames: Vec<usize>,
+    /// The stack pointer in each frame.
+    pub(crate) sps: Vec<u64>,
     /// Whether the walk reached the thread's first frame.
     pub(crate) complete: bool,
+    /// Where the walk stopped, when it did not.
+    pub(crate) stopped: Option<&'static str>,
     /// Whether the thread was signalled (it was on a CPU).
     pub(crate) signalled: bool,
 }
@@ -94,15 +99,17 @@ mod classify;
 mod modules;
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
 mod symbols;
+#[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
+mod unwind;
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
-pub(crate) use classify::{in_current_thread_scheduler, in_task_poll};
+pub(crate) use classify::role;
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
 pub(crate) use symbols::Symbolizer;
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
 mod linux {
-    use std::sync::OnceLock;
+    use std::sync::Arc;
     use std::time::Duration;
 
     use parking_lot::Mutex;
@@ -114,10 +121,39 @@ mod linux {
     /// How long a signalled thread has to answer.
     const SIGNAL_TIMEOUT: Duration = Duration::from_millis(100);
 
-    static MODULES: OnceLock<Mutex<Modules>> = OnceLock::new();
+    /// The loaded objects, replaced whole when new ones are found: the lock
+    /// is held only to take or swap the `Arc`, never during a walk or a
+    /// lookup, so that a `fork()` while the watchdog reads a stack leaves
+    /// the child a lock nobody holds.
+    static MODULES: Mutex<Option<Arc<Modules>>> = Mutex::new(None);
 
-    pub(crate) fn modules() -> &'static Mutex<Modules> {
-        MODULES.get_or_init(|| Mutex::new(Modules::load()))
+    pub(crate) fn modules() -> Arc<Modules> {
+        let current = MODULES.lock().clone();
+        match current {
+            Some(modules) => modules,
+            None => {
+                let loaded = Arc::new(Modules::load());
+                MODULES.lock().get_or_insert(loaded).clone()
+            }
+        }
+    }
+
+    /// Reads the objects loaded since the last look (a library opened
+    /// later), when an address is in none of the known ones.
+    pub(crate) fn refresh_modules() -> Arc<Modules> {
+        let refreshed = Arc::new(modules().refreshed());
+        *MODULES.lock() = Some(refreshed.clone());
+        refreshed
+    }
+
+    /// Walks a stack with the loaded objects, reading them again once if
+    /// the walk meets code in none of them.
+    fn walk(ip: u64, sp: u64, bp: Option<u64>, base: u64, stack: &[u8]) -> super::modules::Walk {
+        let walk = modules().walk(ip, sp, bp, base, stack);
+        if walk.stop == Some(super::modules::Stop::NoCode) {
+            return refresh_modules().walk(ip, sp, bp, base, stack);
+        }
+        walk
     }
 
     /// Installs the stack signal's handler (the default signal unless
@@ -145,10 +181,12 @@ mod linux {
                         Some(_) => continue,
                         None => return Err(NoStack::Gone),
                     }
-                    let walk = modules().lock().walk(pc, sp, None, sp, &stack[..len]);
+                    let walk = walk(pc, sp, None, sp, &stack[..len]);
                     return Ok(Sample {
+                        complete: walk.complete(),
+                        stopped: walk.stop.map(|s| s.describe()),
                         frames: walk.frames,
-                        complete: walk.complete,
+                        sps: walk.sps,
                         signalled: false,
                     });
                 }
@@ -158,12 +196,12 @@ mod linux {
                         Ok(i) => i,
                         Err(why) => return partial.ok_or(why),
                     };
-                    let walk = modules()
-                        .lock()
-                        .walk(i.ip, i.sp, Some(i.bp), i.sp, &i.stack);
+                    let walk = walk(i.ip, i.sp, Some(i.bp), i.sp, &i.stack);
                     let sample = Sample {
+                        complete: walk.complete(),
+                        stopped: walk.stop.map(|s| s.describe()),
                         frames: walk.frames,
-                        complete: walk.complete,
+                        sps: walk.sps,
                         signalled: true,
                     };
                     // A deep stack that ran past the window is kept as it is.
@@ -182,11 +220,10 @@ mod linux {
         partial.ok_or(NoStack::KeptMoving)
     }
 
-    /// Loads the unwind tables and the frame classifier's table (once per
-    /// process), so that the first stall does not wait for them.
+    /// Loads the unwind tables (once per process), so that the first stall
+    /// does not wait for them.
     pub(crate) fn warm_up() {
         let _ = modules();
-        super::classify::warm_up();
     }
 }
 
@@ -209,11 +246,15 @@ mod unsupported {
 
     pub(crate) fn warm_up() {}
 
-    pub(crate) fn in_current_thread_scheduler(_frames: &[usize]) -> Option<bool> {
-        None
+    /// What a thread's stack says it is doing (nothing known here).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub(crate) struct Role {
+        pub(crate) worker: bool,
+        pub(crate) polling: Option<usize>,
+        pub(crate) current_thread: bool,
     }
 
-    pub(crate) fn in_task_poll(_frames: &[usize]) -> Option<bool> {
+    pub(crate) fn role(_symbolizer: &mut Symbolizer, _frames: &[usize]) -> Option<Role> {
         None
     }
 

@@ -9,6 +9,7 @@
 //! - [`heartbeat`]: the heartbeat task each watched runtime runs;
 //! - [`stall`]: the stall state machine (flag, escalate, end, rate limit);
 //! - [`evidence`]: the stuck thread's state and stack for a report;
+//! - [`threads`]: finding the stuck thread among the process's threads;
 //! - [`report`]: [`StallReport`], and where reports go (log, metrics, callback);
 //! - [`callback`]: the `on_stall` callback's own thread and bounded queue;
 //! - [`recent`]: the last reported stalls;
@@ -39,6 +40,7 @@ mod snapshot;
 mod stall;
 #[cfg(unix)]
 mod systemd;
+mod threads;
 
 pub use builder::WatchdogBuilder;
 pub use handle::Watchdog;

@@ -338,6 +338,21 @@ fn idle_runtimes_are_healthy() {
 }
 
 #[test]
+fn a_current_thread_runtime_never_driven_is_not_a_stall() {
+    let _serial = serial();
+    let (watchdog, reports) = start(STALL, CHECK);
+    // Watched, never driven: its heartbeat never runs and its metrics
+    // never move, but no thread is inside its `block_on`.
+    let ct = current_thread();
+    watchdog.watch_runtime("never-driven", ct.handle()).unwrap();
+    std::thread::sleep(STALL * 3);
+    reports.assert_none();
+    let health = watchdog.health();
+    assert_eq!(health.status, Status::Healthy, "{health:?}");
+    drop(ct);
+}
+
+#[test]
 fn a_runtime_that_shuts_down_leaves_the_watch_list_without_a_stall() {
     let _serial = serial();
     let (watchdog, reports) = start(STALL, CHECK);

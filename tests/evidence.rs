@@ -55,6 +55,8 @@ fn an_instrumented_stall_report_carries_the_stack_down_to_the_blocking_function(
     );
     assert_eq!(first.cpu_bound, Some(false), "a sleeping thread is off CPU");
     assert!(first.to_string().contains("(waiting, off CPU)"), "{first}");
+    assert_eq!(first.stack_complete, Some(true), "{stack}");
+    assert_eq!(first.unconfirmed, None);
 
     let health = watchdog.health();
     let recent = &health.recent_stalls[0];
@@ -67,11 +69,18 @@ fn an_instrumented_stall_report_carries_the_stack_down_to_the_blocking_function(
         .contains("evidence_sleeps_in_this_function"));
 
     rt.block_on(task).unwrap();
+    // The callback gets it from a thread of its own: it may arrive a little
+    // after the stall's end.
+    let escalation = |r: &(std::time::Instant, loopwatch::StallReport)| r.1.escalation == 1;
+    assert!(wait_until(Duration::from_secs(2), || reports
+        .all()
+        .iter()
+        .any(escalation)));
     let escalation = reports
         .all()
         .into_iter()
+        .find(escalation)
         .map(|(_, r)| r)
-        .find(|r| r.escalation == 1)
         .expect("an escalation at twice the threshold");
     assert_eq!(
         escalation.stack_moved,
@@ -155,14 +164,13 @@ fn a_current_thread_stall_has_its_stack() {
 }
 
 #[test]
-fn an_uninstrumented_stall_on_a_handle_only_runtime_has_its_stack() {
+fn a_handle_only_runtime_finds_its_stuck_worker_from_the_start() {
     let _serial = serial();
     let (watchdog, reports) = start(STALL, CHECK);
-    // As #[tokio::main] makes it: no hooks, known only by its handle.
+    // As #[tokio::main] makes it: no hooks, known only by its handle, and
+    // blocked at once: the heartbeat has visited no worker yet.
     let rt = multi_thread(2);
     watchdog.watch_runtime("ev-handle", rt.handle()).unwrap();
-    // Let the heartbeat visit the workers, as it does in any running service.
-    std::thread::sleep(Duration::from_millis(1500));
     let task = rt.spawn(async { evidence_sleeps_in_this_function(Duration::from_millis(1800)) });
     let (_, first) = reports
         .wait_first("ev-handle", Duration::from_secs(4))
@@ -170,11 +178,12 @@ fn an_uninstrumented_stall_on_a_handle_only_runtime_has_its_stack() {
     let stack = first
         .backtrace
         .clone()
-        .expect("a stack, found among the worker threads");
+        .unwrap_or_else(|| panic!("a stack, found among the process's threads: {first:?}"));
     assert!(
         stack.contains("evidence_sleeps_in_this_function"),
         "{stack}"
     );
+    assert_eq!(first.stack_complete, Some(true), "{stack}");
     assert!(first.thread.is_some(), "the stuck thread is named: {first}");
     let culprit = first.culprit.clone().unwrap_or_default();
     assert!(
@@ -193,7 +202,74 @@ fn an_uninstrumented_stall_on_a_handle_only_runtime_has_its_stack() {
         health.recent_stalls[0].culprit.as_deref(),
         Some(culprit.as_str())
     );
+    assert_eq!(health.recent_stalls[0].stack_complete, Some(true));
     rt.block_on(task).unwrap();
+}
+
+/// Sleeps in steps of `step` for `total`, as a retry loop or SQLite's busy
+/// handler does: stuck in one poll, but waking now and then.
+#[inline(never)]
+fn evidence_retries_in_this_function(step: Duration, total: Duration) {
+    let began = std::time::Instant::now();
+    while began.elapsed() < total {
+        std::thread::sleep(step);
+    }
+    std::hint::black_box(());
+}
+
+#[test]
+fn a_stuck_call_that_wakes_now_and_then_is_told_from_a_healthy_worker() {
+    let _serial = serial();
+    let (watchdog, reports) = start(STALL, CHECK);
+    let rt = multi_thread(2);
+    watchdog.watch_runtime("ev-retry", rt.handle()).unwrap();
+    // The other worker stays busy with short blocking polls of one task,
+    // each the same stack as the last.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let busy = {
+        let stop = stop.clone();
+        rt.spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(5));
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let stuck = rt.spawn(async {
+        evidence_retries_in_this_function(Duration::from_millis(100), Duration::from_millis(2500))
+    });
+    let (_, first) = reports
+        .wait_first("ev-retry", Duration::from_secs(4))
+        .expect("reported");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    rt.block_on(stuck).unwrap();
+    rt.block_on(busy).unwrap();
+    let culprit = first.culprit.clone().unwrap_or_default();
+    assert!(
+        culprit.contains("evidence_retries_in_this_function"),
+        "the stuck worker, not the busy one: {first:?}"
+    );
+}
+#[test]
+fn a_current_thread_runtime_stuck_in_its_first_poll_is_reported_with_its_stack() {
+    let _serial = serial();
+    let (watchdog, reports) = start(STALL, CHECK);
+    // Watched from outside, then blocked in the `block_on` future's first
+    // poll: its heartbeat never ran, so the thread that drives it is found
+    // among the process's threads.
+    let rt = current_thread();
+    watchdog.watch_runtime("ev-ct-first", rt.handle()).unwrap();
+    rt.block_on(async { evidence_sleeps_in_this_function(Duration::from_millis(1800)) });
+    let (_, first) = reports
+        .wait_first("ev-ct-first", Duration::from_millis(100))
+        .expect("reported while it lasted");
+    assert_eq!(first.unconfirmed, None, "{first}");
+    let stack = first.backtrace.clone().expect("a stack");
+    assert!(
+        stack.contains("evidence_sleeps_in_this_function"),
+        "{stack}"
+    );
+    assert_eq!(first.stack_complete, Some(true), "{stack}");
 }
 
 #[test]

@@ -1,17 +1,15 @@
-//! The one classifier of stack frames, by address.
+//! The one classifier of stack frames: which functions are tokio's runtime
+//! machinery, by their names (`tokio::runtime::…`), and what a thread's
+//! stack says it is doing ([`role`]).
 //!
-//! Once per process, the executable's ELF symbol table is read and the
-//! address range of every function that matters is given a [`FrameKind`]:
-//! tokio's current-thread scheduler, tokio's task harness (a task being
-//! polled), tokio's park code, and the rest of tokio's runtime. A
-//! sampled frame is then classified by looking its address up in those
-//! ranges. Frames inlined into one address have no address of their own;
-//! [`kind_of_name`], the same rule that built the table, classifies them by
-//! name (the symbolizer uses it for the one frame where user code may be
-//! inlined into tokio's).
-
-use std::ops::Range;
-use std::sync::OnceLock;
+//! Names come from the symbolizer, inlined functions included (limited debug
+//! info gives each its full path), so that the answer does not depend on
+//! what the compiler inlined into what: the frame of tokio's current-thread
+//! scheduler is often a generic standard library function
+//! (`LocalKey::with`) with the scheduler inlined into it. Without debug
+//! info, the names of the functions that were not inlined (the symbol
+//! table) are what there is; a stripped executable has none, and nothing is
+//! told.
 
 /// What a frame is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +20,8 @@ pub(crate) enum FrameKind {
     TaskPoll,
     /// tokio's park code: a worker with nothing to do.
     Park,
+    /// tokio's multi-thread scheduler: a worker's run loop.
+    Worker,
     /// The rest of tokio's runtime (scheduler, context, blocking pool).
     Runtime,
     /// Everything else: the application, std, other libraries.
@@ -31,13 +31,7 @@ pub(crate) enum FrameKind {
 impl FrameKind {
     /// Whether the frame is tokio's runtime machinery, below the user's code.
     pub(crate) fn is_runtime(self) -> bool {
-        matches!(
-            self,
-            FrameKind::CurrentThreadScheduler
-                | FrameKind::TaskPoll
-                | FrameKind::Park
-                | FrameKind::Runtime
-        )
+        !matches!(self, FrameKind::Other)
     }
 }
 
@@ -58,141 +52,68 @@ pub(crate) fn kind_of_name(name: &str) -> FrameKind {
         || rest.contains("::Park")
     {
         FrameKind::Park
+    } else if rest.starts_with("scheduler::multi_thread") {
+        FrameKind::Worker
     } else {
         FrameKind::Runtime
     }
 }
 
-/// The classified address ranges of the executable's functions.
-#[derive(Debug, Default)]
-struct Table {
-    /// Sorted by start; non-`Other` kinds only.
-    ranges: Vec<(usize, usize, FrameKind)>,
-    has_current_thread: bool,
+/// What a thread's stack says it is doing, as far as tokio is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Role {
+    /// A multi-thread runtime's worker.
+    pub(crate) worker: bool,
+    /// A worker inside a task's poll, not parked: the index of the frame of
+    /// tokio's task harness for that task (the innermost).
+    pub(crate) polling: Option<usize>,
+    /// Inside tokio's current-thread scheduler (driving a runtime).
+    pub(crate) current_thread: bool,
 }
 
-static TABLE: OnceLock<Option<Table>> = OnceLock::new();
-
-fn table() -> Option<&'static Table> {
-    TABLE.get_or_init(load).as_ref()
-}
-
-/// Reads the table now (a few milliseconds in a release build, once), so
-/// that the first stall does not pay for it.
-pub(crate) fn warm_up() {
-    let _ = table();
-}
-
-fn load() -> Option<Table> {
-    use object::{Object, ObjectSymbol, SymbolKind};
-    let data = super::symbols::Mapped::open("/proc/self/exe")?;
-    let file = object::File::parse(data.bytes()).ok()?;
-    let bias = main_program_bias()?;
-    let mut ranges = Vec::new();
-    for symbol in file.symbols() {
-        if symbol.kind() != SymbolKind::Text || symbol.address() == 0 {
-            continue;
-        }
-        let Some(start) = usize::try_from(symbol.address())
-            .ok()
-            .and_then(|a| a.checked_add(bias))
-        else {
-            continue;
-        };
-        let len = usize::try_from(symbol.size()).unwrap_or(0).max(1);
-        let Some(end) = start.checked_add(len) else {
-            continue;
-        };
-        // Only names that mention tokio can be tokio's; demangle just those.
-        let Ok(mangled) = symbol.name() else { continue };
-        if !mangled.contains("tokio") {
-            continue;
-        }
-        let kind = kind_of_name(&format!("{:#}", rustc_demangle::demangle(mangled)));
-        if kind != FrameKind::Other {
-            ranges.push((start, end, kind));
-        }
+/// What the thread whose walk is `frames` is doing, from the names of its
+/// functions. The names of the functions that were not inlined (the symbol
+/// table, cheap) are looked at first; the inlined ones (debug info, read
+/// when first needed) only when those do not show the thread inside a
+/// scheduler: the frames of a scheduler whose code was all inlined into a
+/// generic standard library function show only there. A worker is always
+/// told by the first look: tokio polls a task through a function pointer,
+/// so the task harness (`tokio::runtime::task::raw::poll`) is never inlined.
+/// `None` when the executable has no names.
+pub(crate) fn role(symbolizer: &mut super::Symbolizer, frames: &[usize]) -> Option<Role> {
+    let outer = role_of(&symbolizer.outer_functions(frames)?);
+    if outer.worker || outer.current_thread {
+        return Some(outer);
     }
-    ranges.sort_unstable_by_key(|r| r.0);
-    let has_current_thread = ranges
+    Some(role_of(&symbolizer.functions(frames)?))
+}
+
+/// The role told by these functions (innermost first, each with its frame).
+fn role_of(functions: &[(usize, String)]) -> Role {
+    let kinds: Vec<(usize, FrameKind)> = functions
         .iter()
-        .any(|r| r.2 == FrameKind::CurrentThreadScheduler);
-    (!ranges.is_empty()).then_some(Table {
-        ranges,
-        has_current_thread,
-    })
-}
-
-/// The load bias of the main executable (0 unless it is position independent).
-fn main_program_bias() -> Option<usize> {
-    unsafe extern "C" fn first(
-        info: *mut libc::dl_phdr_info,
-        _size: libc::size_t,
-        data: *mut libc::c_void,
-    ) -> libc::c_int {
-        // SAFETY: the loader hands a valid info; data is our `usize`.
-        unsafe { *data.cast::<usize>() = (*info).dlpi_addr as usize };
-        1 // the first object is the main program; stop there
-    }
-    let mut bias: usize = usize::MAX;
-    // SAFETY: the callback only writes through `data`, which outlives the call.
-    unsafe { libc::dl_iterate_phdr(Some(first), std::ptr::from_mut(&mut bias).cast()) };
-    (bias != usize::MAX).then_some(bias)
-}
-
-impl Table {
-    fn kind(&self, addr: usize) -> FrameKind {
-        let idx = self.ranges.partition_point(|r| r.0 <= addr);
-        match idx.checked_sub(1).map(|i| self.ranges[i]) {
-            Some((_, end, kind)) if addr < end => kind,
-            _ => FrameKind::Other,
+        .map(|(i, name)| (*i, kind_of_name(name)))
+        .collect();
+    // The worker's run loop; everything inside it is what the worker does
+    // (outside it, the blocking-pool task that runs the worker itself).
+    let run = kinds.iter().position(|&(_, k)| k == FrameKind::Worker);
+    let polling = run.and_then(|run| {
+        let inside = &kinds[..run];
+        if inside.iter().any(|&(_, k)| k == FrameKind::Park) {
+            return None;
         }
+        inside
+            .iter()
+            .find(|&&(_, k)| k == FrameKind::TaskPoll)
+            .map(|&(i, _)| i)
+    });
+    Role {
+        worker: run.is_some(),
+        polling,
+        current_thread: kinds
+            .iter()
+            .any(|&(_, k)| k == FrameKind::CurrentThreadScheduler),
     }
-
-    fn kinds<'a>(&'a self, frames: &'a [usize]) -> impl Iterator<Item = FrameKind> + 'a {
-        frames.iter().map(|&addr| self.kind(addr))
-    }
-}
-
-/// The kind of the frame at `addr` (an address to look up, as a walk gives).
-pub(crate) fn kind_at(addr: usize) -> FrameKind {
-    table().map_or(FrameKind::Other, |t| t.kind(addr))
-}
-
-/// Whether the thread is inside tokio's current-thread scheduler (its
-/// runtime is being driven). `None` when it cannot be told: no symbol table,
-/// or the scheduler's functions were all inlined away.
-pub(crate) fn in_current_thread_scheduler(frames: &[usize]) -> Option<bool> {
-    let table = table().filter(|t| t.has_current_thread)?;
-    Some(
-        table
-            .kinds(frames)
-            .any(|k| k == FrameKind::CurrentThreadScheduler),
-    )
-}
-
-/// Whether a worker thread is inside a task's poll and not in tokio's park
-/// code: stuck in a task rather than idle. `None` without a symbol table.
-pub(crate) fn in_task_poll(frames: &[usize]) -> Option<bool> {
-    let table = table()?;
-    let (mut task, mut park) = (false, false);
-    for kind in table.kinds(frames) {
-        task |= kind == FrameKind::TaskPoll;
-        park |= kind == FrameKind::Park;
-    }
-    Some(task && !park)
-}
-
-/// The frames a person needs: from the innermost down to, not including,
-/// the first frame of tokio's runtime under it. The frame at `end` (if any)
-/// is that runtime frame: user code inlined into it shows as inline frames
-/// of that one address.
-pub(crate) fn trimmed(frames: &[usize]) -> Range<usize> {
-    let end = frames
-        .iter()
-        .position(|&addr| kind_at(addr).is_runtime())
-        .unwrap_or(frames.len());
-    0..end
 }
 
 #[cfg(test)]
@@ -229,8 +150,9 @@ mod tests {
             ),
             (
                 "tokio::runtime::scheduler::multi_thread::worker::Context::run_task",
-                FrameKind::Runtime,
+                FrameKind::Worker,
             ),
+            ("tokio::runtime::blocking::pool::Inner::run", FrameKind::Runtime),
             ("tokio::sync::mpsc::chan::Rx<T,S>::recv", FrameKind::Other),
             ("my_app::handler::{{closure}}", FrameKind::Other),
             ("std::thread::sleep", FrameKind::Other),
@@ -240,8 +162,8 @@ mod tests {
         }
     }
 
-    /// The stack of a thread parked in `std::thread::sleep` inside `f`'s
-    /// context, taken from outside.
+    /// The stack of a thread in `std::thread::sleep`, taken from outside:
+    /// inside a task on a current-thread runtime, or on a plain thread.
     fn stack_of_a_thread_sleeping(in_task: bool) -> Vec<usize> {
         let (tx, rx) = std::sync::mpsc::channel();
         let sleeper = std::thread::spawn(move || {
@@ -263,33 +185,80 @@ mod tests {
         let sample =
             crate::stack::sample(tid, false).expect("a sleeping thread is read from outside");
         sleeper.join().unwrap();
+        assert!(sample.complete, "the walk reaches the thread's start");
         sample.frames
     }
 
+    /// The stacks of a multi-thread runtime's two workers, one in a task
+    /// that sleeps and one parked, and of a blocking-pool thread that
+    /// sleeps in `spawn_blocking`, read from outside.
     #[test]
-    fn a_stack_inside_a_task_poll_is_classified_by_address() {
-        let frames = stack_of_a_thread_sleeping(true);
-        assert_eq!(in_task_poll(&frames), Some(true));
-        assert_eq!(
-            in_task_poll(&stack_of_a_thread_sleeping(false)),
-            Some(false)
+    fn roles_tell_a_polling_worker_from_a_parked_one_and_a_blocking_thread() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (tx2, tx3) = (tx.clone(), tx.clone());
+        rt.spawn(async move {
+            tx.send(("polling", crate::stack::current_tid())).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(400));
+        });
+        rt.spawn_blocking(move || {
+            tx2.send(("blocking", crate::stack::current_tid())).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(400));
+        });
+        drop(tx3);
+        let mut tids = std::collections::HashMap::new();
+        for _ in 0..2 {
+            let (what, tid) = rx.recv().unwrap();
+            tids.insert(what, tid);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut symbolizer = crate::stack::Symbolizer::default();
+        let mut role_of = |tid: i64| {
+            let sample = crate::stack::sample(tid, false).unwrap();
+            assert!(sample.complete);
+            role(&mut symbolizer, &sample.frames).unwrap()
+        };
+        let polling = role_of(tids["polling"]);
+        assert!(polling.worker && polling.polling.is_some(), "{polling:?}");
+        let blocking = role_of(tids["blocking"]);
+        assert!(
+            !blocking.worker && blocking.polling.is_none(),
+            "{blocking:?}"
         );
-        let range = trimmed(&frames);
-        assert!(range.end < frames.len(), "tokio's frames are cut");
-        assert!(frames[range.end..]
-            .iter()
-            .any(|&addr| kind_at(addr) == FrameKind::TaskPoll));
+        // The other worker, parked: every runtime thread but those two.
+        let parked: Vec<Role> = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i64>().ok())
+            .filter(|t| !tids.values().any(|x| x == t))
+            .filter_map(|t| crate::stack::sample(t, false).ok())
+            .filter_map(|s| role(&mut crate::stack::Symbolizer::default(), &s.frames))
+            .filter(|r| r.worker)
+            .collect();
+        assert!(!parked.is_empty(), "the parked worker is found");
+        assert!(parked.iter().all(|r| r.polling.is_none()), "{parked:?}");
+        drop(rt);
+    }
+
+    #[test]
+    fn a_stack_inside_a_task_poll_is_trimmed_at_tokio() {
+        let frames = stack_of_a_thread_sleeping(true);
+        let mut symbolizer = crate::stack::Symbolizer::default();
+        let text = symbolizer.symbolize(&frames, false).unwrap().text;
+        assert!(text.contains("std::thread::functions::sleep"), "{text}");
+        assert!(!text.contains("tokio::"), "tokio's frames are cut:\n{text}");
+        let full = symbolizer.symbolize(&frames, true).unwrap().text;
+        assert!(full.contains("tokio::runtime::task::"), "{full}");
     }
 
     #[test]
     fn a_current_thread_block_on_is_inside_the_scheduler() {
-        assert_eq!(
-            in_current_thread_scheduler(&stack_of_a_thread_sleeping(true)),
-            Some(true)
-        );
-        assert_eq!(
-            in_current_thread_scheduler(&stack_of_a_thread_sleeping(false)),
-            Some(false)
-        );
+        let mut symbolizer = crate::stack::Symbolizer::default();
+        let inside = role(&mut symbolizer, &stack_of_a_thread_sleeping(true)).unwrap();
+        assert!(inside.current_thread, "{inside:?}");
+        let outside = role(&mut symbolizer, &stack_of_a_thread_sleeping(false)).unwrap();
+        assert!(!outside.current_thread, "{outside:?}");
     }
 }

@@ -8,12 +8,10 @@
 //! Objects loaded later are added when a frame falls outside every known one.
 
 use std::ops::Range;
+use std::sync::Arc;
 
-use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
-use framehop::{ExplicitModuleSectionInfo, FrameAddress, Module, Unwinder};
-
-/// The most frames kept of one stack.
-pub(crate) const MAX_FRAMES: usize = 128;
+pub(crate) use super::unwind::{Stop, Walk};
+use super::unwind::{Tables, Unwinder};
 
 /// One loaded object.
 #[derive(Debug, Clone)]
@@ -26,33 +24,14 @@ pub(crate) struct Object {
     pub(crate) bias: u64,
 }
 
-/// What a walk of a stack gave.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Walk {
-    /// Addresses to look up, innermost first: the interrupted instruction,
-    /// then each return address minus one (inside the call).
-    pub(crate) frames: Vec<usize>,
-    /// Whether the walk reached the thread's first frame (otherwise it
-    /// stopped early: unwind tables missing, stack window too small).
-    pub(crate) complete: bool,
-}
-
-/// The loaded objects and an unwinder over their tables.
+/// The loaded objects and their unwind tables (shared between snapshots:
+/// a refresh copies the list, not the tables).
+#[derive(Debug)]
 pub(crate) struct Modules {
     objects: Vec<Object>,
-    unwinder: UnwinderX86_64<Vec<u8>>,
-    cache: CacheX86_64,
+    tables: Vec<Arc<Tables>>,
     /// Bytes of unwind tables copied.
     pub(crate) table_bytes: usize,
-}
-
-impl std::fmt::Debug for Modules {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Modules")
-            .field("objects", &self.objects)
-            .field("table_bytes", &self.table_bytes)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Modules {
@@ -60,37 +39,39 @@ impl Modules {
     pub(crate) fn load() -> Self {
         let mut modules = Modules {
             objects: Vec::new(),
-            unwinder: UnwinderX86_64::new(),
-            cache: CacheX86_64::new(),
+            tables: Vec::new(),
             table_bytes: 0,
         };
-        modules.refresh();
+        modules.add_new();
         modules
     }
 
-    /// Adds the objects loaded since the last look.
-    pub(crate) fn refresh(&mut self) {
+    /// These objects and the ones loaded since they were read.
+    pub(crate) fn refreshed(&self) -> Self {
+        let mut modules = Modules {
+            objects: self.objects.clone(),
+            tables: self.tables.clone(),
+            table_bytes: self.table_bytes,
+        };
+        modules.add_new();
+        modules
+    }
+
+    /// Adds the objects loaded and not yet known.
+    fn add_new(&mut self) {
         for (object, tables) in enumerate() {
             if self.objects.iter().any(|o| o.text == object.text) {
                 continue;
             }
-            if let Some(tables) = tables {
-                self.table_bytes += tables.eh_frame_hdr.len() + tables.eh_frame.len();
-                let info = ExplicitModuleSectionInfo {
-                    base_svma: 0,
-                    text_svma: Some(object.text.start - object.bias..object.text.end - object.bias),
-                    eh_frame_hdr_svma: Some(tables.hdr_svma.clone()),
-                    eh_frame_hdr: Some(tables.eh_frame_hdr),
-                    eh_frame_svma: Some(tables.eh_frame_svma.clone()),
-                    eh_frame: Some(tables.eh_frame),
-                    ..Default::default()
-                };
-                self.unwinder.add_module(Module::new(
-                    object.path.clone(),
-                    object.text.clone(),
-                    object.bias,
-                    info,
-                ));
+            if let Some(t) = tables {
+                self.table_bytes += t.eh_frame_hdr.len() + t.eh_frame.len();
+                self.tables.push(Arc::new(Tables {
+                    text: object.text.clone(),
+                    hdr_avma: t.hdr_avma,
+                    eh_frame_hdr: t.eh_frame_hdr,
+                    eh_frame_avma: t.eh_frame_avma,
+                    eh_frame: t.eh_frame,
+                }));
             }
             self.objects.push(object);
         }
@@ -107,120 +88,33 @@ impl Modules {
     }
 
     /// Walks a stack from registers `ip`, `sp` and `bp` (`None` when
-    /// unknown), reading the stack only from `stack`, a copy of the memory
-    /// at `stack_base..`. Never reads the live stack.
-    ///
-    /// The frame pointer of a thread waiting in the kernel is not readable
-    /// from outside; code built with frame pointers (the standard library
-    /// is) needs it. It is then looked for in the stack copy: each of the
-    /// first slots above `sp` that hold a frame record (a saved frame
-    /// pointer followed by a return address just after a call instruction)
-    /// is tried, and the longest walk is kept (a stale record left by an
-    /// earlier call ends its walk early).
+    /// unknown: a thread read from outside), reading the stack only from
+    /// `stack`, a copy of the memory at `stack_base..` (see
+    /// [`super::unwind`] for how the walk stays right without `bp`). Never
+    /// reads the live stack.
     pub(crate) fn walk(
-        &mut self,
+        &self,
         ip: u64,
         sp: u64,
         bp: Option<u64>,
         stack_base: u64,
         stack: &[u8],
     ) -> Walk {
-        if self.object_of(ip).is_none() {
-            self.refresh();
-        }
-        let Some(bp) = bp else {
-            let mut best = self.walk_from(ip, sp, 0, stack_base, stack);
-            for bp in self.frame_records(sp, stack_base, stack) {
-                let walk = self.walk_from(ip, sp, bp, stack_base, stack);
-                if walk.frames.len() > best.frames.len() {
-                    best = walk;
-                }
-            }
-            return best;
-        };
-        self.walk_from(ip, sp, bp, stack_base, stack)
-    }
-
-    fn walk_from(&mut self, ip: u64, sp: u64, bp: u64, stack_base: u64, stack: &[u8]) -> Walk {
-        let mut read = |addr: u64| -> Result<u64, ()> { word(stack_base, stack, addr).ok_or(()) };
-        let regs = UnwindRegsX86_64::new(ip, sp, bp);
-        let mut frames = Vec::new();
-        let mut iter = self
-            .unwinder
-            .iter_frames(ip, regs, &mut self.cache, &mut read);
-        let complete = loop {
-            match iter.next() {
-                Ok(Some(frame)) => {
-                    let addr = match frame {
-                        FrameAddress::InstructionPointer(ip) => ip,
-                        FrameAddress::ReturnAddress(ra) => u64::from(ra).saturating_sub(1),
-                    };
-                    frames.push(addr as usize);
-                    if frames.len() == MAX_FRAMES {
-                        break false;
-                    }
-                }
-                Ok(None) => break true,
-                Err(_) => break false,
-            }
-        };
-        Walk { frames, complete }
-    }
-
-    /// Whether `ra` can be a return address: inside known code, just after
-    /// a call instruction.
-    fn is_return_address(&self, ra: u64) -> bool {
-        if self.object_of(ra).is_none() || ra < 7 {
-            return false;
-        }
-        let mut code = [0u8; 7];
-        if super::proc::copy_memory(ra - 7, &mut code) != 7 {
-            return false;
-        }
-        // `call rel32` (E8), or `call r/m` (FF /2) of 2, 3, 6 or 7 bytes.
-        let indirect = |at: usize| code[at] == 0xff && (code[at + 1] >> 3) & 7 == 2;
-        code[2] == 0xe8 || indirect(5) || indirect(4) || indirect(1) || indirect(0)
-    }
-
-    /// The addresses of the first few frame records above `sp` in the copy.
-    fn frame_records(&self, sp: u64, base: u64, stack: &[u8]) -> Vec<u64> {
-        const TRIED: usize = 8;
-        let end = base + stack.len() as u64;
-        let mut found = Vec::new();
-        let mut at = (sp + 7) & !7;
-        while at + 16 <= end && found.len() < TRIED {
-            if let (Some(next), Some(ra)) = (word(base, stack, at), word(base, stack, at + 8)) {
-                let chained = next == 0
-                    || next >= end
-                    || (next > at
-                        && word(base, stack, next + 8).is_some_and(|r| self.is_return_address(r)));
-                if chained && self.is_return_address(ra) {
-                    found.push(at);
-                }
-            }
-            at += 8;
-        }
-        found
+        let read = |addr: u64, out: &mut [u8]| super::proc::copy_memory(addr, out);
+        Unwinder::new(&self.tables, &read).walk(ip, sp, bp, stack_base, stack)
     }
 }
 
-/// The 8 bytes at `addr` of a stack copy starting at `base`.
-fn word(base: u64, stack: &[u8], addr: u64) -> Option<u64> {
-    let offset = usize::try_from(addr.checked_sub(base)?).ok()?;
-    let bytes = stack.get(offset..offset.checked_add(8)?)?;
-    Some(u64::from_le_bytes(bytes.try_into().ok()?))
-}
-
-/// An object's unwind tables, copied.
-struct Tables {
-    hdr_svma: Range<u64>,
+/// An object's unwind tables, copied from memory.
+struct Copied {
+    hdr_avma: u64,
     eh_frame_hdr: Vec<u8>,
-    eh_frame_svma: Range<u64>,
+    eh_frame_avma: u64,
     eh_frame: Vec<u8>,
 }
 
 /// Every loaded object, with its unwind tables where it has them.
-fn enumerate() -> Vec<(Object, Option<Tables>)> {
+fn enumerate() -> Vec<(Object, Option<Copied>)> {
     unsafe extern "C" fn each(
         info: *mut libc::dl_phdr_info,
         _size: libc::size_t,
@@ -228,14 +122,14 @@ fn enumerate() -> Vec<(Object, Option<Tables>)> {
     ) -> libc::c_int {
         // SAFETY: the loader hands a valid `info` for the duration of the
         // call; `data` is the `Vec` below.
-        let (info, out) = unsafe { (&*info, &mut *data.cast::<Vec<(Object, Option<Tables>)>>()) };
+        let (info, out) = unsafe { (&*info, &mut *data.cast::<Vec<(Object, Option<Copied>)>>()) };
         // SAFETY: as above; the program headers live as long as the object.
         if let Some(found) = unsafe { read_object(info) } {
             out.push(found);
         }
         0
     }
-    let mut out: Vec<(Object, Option<Tables>)> = Vec::new();
+    let mut out: Vec<(Object, Option<Copied>)> = Vec::new();
     // SAFETY: the callback only reads what the loader hands it and writes
     // through `data`, which outlives the call.
     unsafe { libc::dl_iterate_phdr(Some(each), std::ptr::from_mut(&mut out).cast()) };
@@ -244,7 +138,7 @@ fn enumerate() -> Vec<(Object, Option<Tables>)> {
 
 /// # Safety
 /// `info` comes from `dl_iterate_phdr`, inside its callback.
-unsafe fn read_object(info: &libc::dl_phdr_info) -> Option<(Object, Option<Tables>)> {
+unsafe fn read_object(info: &libc::dl_phdr_info) -> Option<(Object, Option<Copied>)> {
     if info.dlpi_phdr.is_null() {
         return None;
     }
@@ -284,7 +178,7 @@ unsafe fn read_object(info: &libc::dl_phdr_info) -> Option<(Object, Option<Table
 ///
 /// # Safety
 /// `phdrs` are the program headers of an object loaded at `bias`.
-unsafe fn read_tables(phdrs: &[libc::Elf64_Phdr], bias: u64) -> Option<Tables> {
+unsafe fn read_tables(phdrs: &[libc::Elf64_Phdr], bias: u64) -> Option<Copied> {
     const DW_EH_PE_PCREL_SDATA4: u8 = 0x1b;
     const DW_EH_PE_UDATA8: u8 = 0x04;
     const DW_EH_PE_ABSPTR: u8 = 0x00;
@@ -318,10 +212,10 @@ unsafe fn read_tables(phdrs: &[libc::Elf64_Phdr], bias: u64) -> Option<Tables> {
     let eh_frame_len = usize::try_from(end - eh_frame_avma).ok()?;
     // SAFETY: inside a loaded segment's file-backed part.
     let eh_frame = unsafe { std::slice::from_raw_parts(eh_frame_avma as *const u8, eh_frame_len) };
-    Some(Tables {
-        hdr_svma: hdr_avma - bias..hdr_avma - bias + hdr_len as u64,
+    Some(Copied {
+        hdr_avma,
         eh_frame_hdr: hdr_bytes.to_vec(),
-        eh_frame_svma: eh_frame_avma - bias..end - bias,
+        eh_frame_avma,
         eh_frame: eh_frame.to_vec(),
     })
 }

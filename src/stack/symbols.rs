@@ -11,9 +11,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use addr2line::gimli;
-use object::{Object as _, ObjectSection as _};
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
-use super::classify::{self, kind_of_name, FrameKind};
+use super::classify::kind_of_name;
 use super::modules::Object;
 use super::Symbolized;
 
@@ -72,73 +72,155 @@ struct Line {
     plumbing: bool,
 }
 
+/// Where an object's bytes come from (kept for the borrows into them).
+enum Source {
+    /// Its file, mapped.
+    File(#[allow(dead_code)] Mapped),
+    /// A copy of the vDSO's image (it has no file).
+    Vdso(#[allow(dead_code)] Vec<u8>),
+}
+
+type Dwarf = addr2line::Context<gimli::EndianSlice<'static, gimli::RunTimeEndian>>;
+
 /// Resolves addresses within one object.
 struct Resolver {
-    _map: Mapped,
-    symbols: Vec<(u64, u64, String)>,
-    dwarf: Option<addr2line::Context<gimli::EndianSlice<'static, gimli::RunTimeEndian>>>,
+    /// Function symbols: start, end (both file addresses), name (in the
+    /// mapped file, which the resolver owns).
+    symbols: Vec<(u64, u64, &'static str)>,
+    /// The debug info, read the first time a name or place needs it.
+    dwarf: std::cell::OnceCell<Option<Dwarf>>,
+    /// The file, for the debug info.
+    file: object::File<'static, &'static [u8]>,
     bias: u64,
     main: bool,
     file_name: String,
+    /// Whether the object has a symbol table of its own (`.symtab`, not
+    /// only the dynamic symbols a stripped file keeps) or debug info.
+    named: bool,
+    /// Where `symbols` and `dwarf` point: declared last, so dropped after
+    /// them.
+    _source: Source,
+}
+
+/// A copy of the vDSO's ELF image, from the auxiliary vector: its headers
+/// say how long it is, and the copy (by `process_vm_readv`) stops at the
+/// first unmapped page, so that a header that says more is never read past.
+fn vdso_image() -> Option<Vec<u8>> {
+    // SAFETY: `getauxval` has no preconditions.
+    let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
+    if base == 0 {
+        return None;
+    }
+    let mut header = [0u8; std::mem::size_of::<libc::Elf64_Ehdr>()];
+    if super::proc::copy_memory(base, &mut header) != header.len() || header[..4] != *b"\x7fELF" {
+        return None;
+    }
+    // SAFETY: `header` holds the bytes of an ELF header; the struct has no
+    // invalid bit patterns.
+    let header: libc::Elf64_Ehdr = unsafe { std::ptr::read_unaligned(header.as_ptr().cast()) };
+    let sections_end =
+        header.e_shoff as usize + usize::from(header.e_shnum) * usize::from(header.e_shentsize);
+    let len = sections_end.min(1 << 20);
+    let mut image = vec![0u8; len];
+    let copied = super::proc::copy_memory(base, &mut image);
+    image.truncate(copied);
+    Some(image)
 }
 
 impl Resolver {
     fn new(object: &Object, main: bool) -> Option<Resolver> {
-        let path = if main {
-            "/proc/self/exe"
+        let vdso = object.path.starts_with("linux-vdso") || object.path.starts_with("linux-gate");
+        let (source, bytes): (Source, &'static [u8]) = if vdso {
+            let image = vdso_image()?;
+            // SAFETY: the bytes live as long as `image`, which the resolver
+            // owns (moving a `Vec` does not move its buffer) and drops
+            // after the fields that borrow them (it is declared last).
+            let bytes = unsafe { std::mem::transmute::<&[u8], &'static [u8]>(image.as_slice()) };
+            (Source::Vdso(image), bytes)
         } else {
-            object.path.as_str()
+            let path = if main {
+                "/proc/self/exe"
+            } else {
+                object.path.as_str()
+            };
+            let map = Mapped::open(path)?;
+            // SAFETY: the bytes live as long as `map`, which the resolver
+            // owns and drops after the fields that borrow them (it is
+            // declared last).
+            let bytes = unsafe { std::mem::transmute::<&[u8], &'static [u8]>(map.bytes()) };
+            (Source::File(map), bytes)
         };
-        let map = Mapped::open(path)?;
-        // SAFETY: the bytes live as long as `map`, which the resolver owns
-        // and drops after the context that borrows them (field order).
-        let bytes: &'static [u8] =
-            unsafe { std::mem::transmute::<&[u8], &'static [u8]>(map.bytes()) };
         let file = object::File::parse(bytes).ok()?;
-        let mut symbols: Vec<(u64, u64, String)> = file
-            .symbol_map()
+        let mut symbols: Vec<(u64, u64, &'static str)> = file
             .symbols()
-            .iter()
-            .map(|s| (s.address(), 0, s.name().to_owned()))
+            .chain(file.dynamic_symbols())
+            .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
+            .filter_map(|s| Some((s.address(), s.address() + s.size(), s.name().ok()?)))
             .collect();
-        symbols.sort_unstable_by_key(|s| s.0);
-        let endian = if file.is_little_endian() {
-            gimli::RunTimeEndian::Little
+        symbols.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        symbols.dedup_by_key(|s| s.0);
+        let file_name = if main {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+                .unwrap_or_else(|| "the executable".to_owned())
         } else {
-            gimli::RunTimeEndian::Big
+            object
+                .path
+                .rsplit('/')
+                .next()
+                .filter(|n| !n.is_empty())
+                .unwrap_or("an object")
+                .to_owned()
         };
-        let load = |id: gimli::SectionId| -> Result<_, gimli::Error> {
-            let data = file
-                .section_by_name(id.name())
-                .and_then(|s| s.data().ok())
-                .unwrap_or(&[]);
-            Ok(gimli::EndianSlice::new(data, endian))
-        };
-        let dwarf = gimli::Dwarf::load(load)
-            .ok()
-            .and_then(|d| addr2line::Context::from_dwarf(d).ok());
-        let file_name = object
-            .path
-            .rsplit('/')
-            .next()
-            .filter(|n| !n.is_empty())
-            .unwrap_or("the executable")
-            .to_owned();
+        let named = file.symbol_table().is_some() || file.section_by_name(".debug_info").is_some();
         Some(Resolver {
-            _map: map,
+            named,
             symbols,
-            dwarf,
+            dwarf: std::cell::OnceCell::new(),
+            file,
             bias: object.bias,
             main,
             file_name,
+            _source: source,
         })
+    }
+
+    /// The debug info, read now if it was not yet.
+    fn dwarf(&self) -> Option<&Dwarf> {
+        self.dwarf
+            .get_or_init(|| {
+                let file = &self.file;
+                let endian = if file.is_little_endian() {
+                    gimli::RunTimeEndian::Little
+                } else {
+                    gimli::RunTimeEndian::Big
+                };
+                let load = |id: gimli::SectionId| -> Result<_, gimli::Error> {
+                    let data = file
+                        .section_by_name(id.name())
+                        .and_then(|s| s.data().ok())
+                        .unwrap_or(&[]);
+                    Ok(gimli::EndianSlice::new(data, endian))
+                };
+                gimli::Dwarf::load(load)
+                    .ok()
+                    .and_then(|d| addr2line::Context::from_dwarf(d).ok())
+            })
+            .as_ref()
+    }
+
+    /// The name of the function (not inlined) whose code holds `addr`, from
+    /// the symbol table alone: cheap, no debug info read.
+    fn outer_name(&self, addr: u64) -> Option<String> {
+        self.symbol(addr.wrapping_sub(self.bias))
     }
 
     /// Every function at `addr`, innermost (inlined) first.
     fn resolve(&self, addr: u64) -> Vec<Line> {
         let probe = addr.wrapping_sub(self.bias);
         let mut lines = Vec::new();
-        if let Some(dwarf) = &self.dwarf {
+        if let Some(dwarf) = self.dwarf() {
             if let Ok(mut frames) = dwarf.find_frames(probe).skip_all_loads() {
                 while let Ok(Some(frame)) = frames.next() {
                     let name = frame
@@ -169,8 +251,14 @@ impl Resolver {
         lines
             .into_iter()
             .map(|(name, place)| {
-                let name = name.unwrap_or_else(|| format!("{addr:#x} in {}", self.file_name));
-                let plumbing = !self.main || is_plumbing(&name, place.as_deref());
+                // A function without a name cannot be told to be the
+                // application's: never the culprit.
+                let plumbing = name.is_none()
+                    || !self.main
+                    || name
+                        .as_deref()
+                        .is_some_and(|n| is_plumbing(n, place.as_deref()));
+                let name = name.unwrap_or_else(|| format!("{}+{probe:#x}", self.file_name));
                 Line {
                     name,
                     place,
@@ -180,12 +268,19 @@ impl Resolver {
             .collect()
     }
 
+    /// The function symbol that contains `probe`. A symbol of unknown size
+    /// contains only its first address: the nearest symbol below an
+    /// address is often an unrelated one (a shared library's local
+    /// functions are not in its dynamic symbol table).
     fn symbol(&self, probe: u64) -> Option<String> {
         let i = self
             .symbols
             .partition_point(|s| s.0 <= probe)
             .checked_sub(1)?;
-        let name = &self.symbols[i].2;
+        let (start, end, name) = &self.symbols[i];
+        if probe >= *end && probe != *start {
+            return None;
+        }
         Some(format!("{:#}", rustc_demangle::demangle(name)))
     }
 }
@@ -249,11 +344,121 @@ impl std::fmt::Debug for Symbolizer {
 impl Symbolizer {
     /// Resolves a stack to text, one numbered frame per line, and finds its
     /// culprit: the first frame of application code. Unless `full`, the
-    /// stack is cut at tokio's runtime ([`classify::trimmed`]), keeping user
-    /// code inlined into the first runtime frame.
+    /// stack is cut at the first function of tokio's runtime (inlined or
+    /// not), below the user's code.
     pub(crate) fn symbolize(&mut self, frames: &[usize], full: bool) -> Option<Symbolized> {
-        symbolize_with(&mut self.resolvers, frames, full)
+        let mut lines: Vec<Line> = Vec::new();
+        for (_, line) in self.lines(frames, !full) {
+            lines.push(line);
+        }
+        if lines.is_empty() {
+            return None;
+        }
+        let culprit = culprit(&lines);
+        let mut text = String::new();
+        for (i, line) in lines.iter().enumerate() {
+            let _ = writeln!(text, "{i:>4}: {}", line.name);
+            if let Some(place) = &line.place {
+                let _ = writeln!(text, "             at {place}");
+            }
+        }
+        Some(Symbolized { text, culprit })
     }
+
+    /// Every function at each frame, innermost (inlined) first, each with
+    /// the index of its frame; `None` when the executable has no names at
+    /// all (stripped), so that tokio's frames cannot be told.
+    pub(crate) fn functions(&mut self, frames: &[usize]) -> Option<Vec<(usize, String)>> {
+        if !self.main_has_names() {
+            return None;
+        }
+        Some(
+            self.lines(frames, false)
+                .into_iter()
+                .map(|(i, l)| (i, l.name))
+                .collect(),
+        )
+    }
+
+    /// The name of the function (not inlined) at each frame, from the
+    /// symbol tables alone (no debug info read); `None` when the executable
+    /// has no names at all.
+    pub(crate) fn outer_functions(&mut self, frames: &[usize]) -> Option<Vec<(usize, String)>> {
+        if !self.main_has_names() {
+            return None;
+        }
+        let objects = objects_of(frames);
+        let mut out = Vec::new();
+        for (i, &addr) in frames.iter().enumerate() {
+            let name = match &objects[i] {
+                Some((object, main)) => self
+                    .resolver(object, *main)
+                    .and_then(|r| r.outer_name(addr as u64)),
+                None => None,
+            };
+            if let Some(name) = name {
+                out.push((i, name));
+            }
+        }
+        Some(out)
+    }
+
+    /// Whether the executable has a symbol table or debug info.
+    fn main_has_names(&mut self) -> bool {
+        let main = { super::linux_modules().objects().first().cloned() };
+        let Some(main) = main else { return false };
+        self.resolver(&main, true).is_some_and(|r| r.named)
+    }
+
+    fn resolver(&mut self, object: &Object, main: bool) -> Option<&Resolver> {
+        self.resolvers
+            .entry(object.text.start)
+            .or_insert_with(|| Resolver::new(object, main))
+            .as_ref()
+    }
+
+    /// The functions at each frame, innermost first; with `trim`, up to the
+    /// first function of tokio's runtime (not included).
+    fn lines(&mut self, frames: &[usize], trim: bool) -> Vec<(usize, Line)> {
+        let objects = objects_of(frames);
+        let mut out = Vec::new();
+        for (i, &addr) in frames.iter().enumerate() {
+            let addr = addr as u64;
+            let resolved = match &objects[i] {
+                Some((object, main)) => self.resolver(object, *main).map(|r| r.resolve(addr)),
+                None => None,
+            };
+            let resolved = resolved.unwrap_or_else(|| {
+                vec![Line {
+                    name: format!("{addr:#x}"),
+                    place: None,
+                    plumbing: true,
+                }]
+            });
+            for line in resolved {
+                if trim && kind_of_name(&line.name).is_runtime() {
+                    return out;
+                }
+                out.push((i, line));
+            }
+        }
+        out
+    }
+}
+
+/// Which object each frame is in, and whether it is the executable.
+fn objects_of(frames: &[usize]) -> Vec<Option<(Object, bool)>> {
+    let guard = super::linux_modules();
+    let main_text = guard.objects().first().map(|o| o.text.clone());
+    frames
+        .iter()
+        .map(|&addr| {
+            guard.object_of(addr as u64).map(|o| {
+                let main = Some(o.text.clone()) == main_text;
+                (o.clone(), main)
+            })
+        })
+        .collect()
 }
 
 /// [`Symbolizer::symbolize`] with a symbolizer of its own.
@@ -262,88 +467,71 @@ pub(crate) fn symbolize(frames: &[usize], full: bool) -> Option<Symbolized> {
     Symbolizer::default().symbolize(frames, full)
 }
 
-fn symbolize_with(
-    resolvers: &mut BTreeMap<u64, Option<Resolver>>,
-    frames: &[usize],
-    full: bool,
-) -> Option<Symbolized> {
-    if frames.is_empty() {
-        return None;
-    }
-    let (range, keep_inlined) = if full {
-        (0..frames.len(), false)
-    } else {
-        (classify::trimmed(frames), true)
-    };
-    let mut shown: Vec<usize> = range.clone().collect();
-    if keep_inlined && range.end < frames.len() {
-        shown.push(range.end);
-    }
-    // One resolver per object the stack passes through, dropped at the end.
-    let modules = super::linux_modules();
-    let objects: Vec<Option<(Object, bool)>> = {
-        let guard = modules.lock();
-        let main_text = guard.objects().first().map(|o| o.text.clone());
-        shown
-            .iter()
-            .map(|&i| {
-                guard.object_of(frames[i] as u64).map(|o| {
-                    let main = Some(o.text.clone()) == main_text;
-                    (o.clone(), main)
-                })
-            })
-            .collect()
-    };
-    let mut lines: Vec<Line> = Vec::new();
-    for (n, &i) in shown.iter().enumerate() {
-        let addr = frames[i] as u64;
-        let resolved = match &objects[n] {
-            Some((object, main)) => resolvers
-                .entry(object.text.start)
-                .or_insert_with(|| Resolver::new(object, *main))
-                .as_ref()
-                .map(|r| r.resolve(addr)),
-            None => None,
-        };
-        let mut resolved = resolved.unwrap_or_else(|| {
-            vec![Line {
-                name: format!("{addr:#x}"),
-                place: None,
-                plumbing: true,
-            }]
-        });
-        if keep_inlined && i == range.end {
-            // Only the user code inlined into the runtime frame.
-            resolved.retain(|l| kind_of_name(&l.name) == FrameKind::Other);
-            resolved.truncate(
-                resolved
-                    .iter()
-                    .position(|l| l.plumbing)
-                    .unwrap_or(resolved.len()),
-            );
+/// The first frame of application code, as `function (file:line)`. A
+/// closure that runs for the function defining it, with nothing but
+/// plumbing in between (the closure `#[instrument_blocking]` wraps a body
+/// in, or one handed to the standard library), is named as that function:
+/// its code is part of that function's body.
+fn culprit(lines: &[Line]) -> Option<String> {
+    let mut app = lines.iter().filter(|l| !l.plumbing);
+    let first = app.next()?;
+    let mut name = first.name.as_str();
+    if let Some(next) = app.next() {
+        while let Some(parent) = name.strip_suffix("::{{closure}}") {
+            name = parent;
+            if name == next.name {
+                break;
+            }
         }
-        lines.extend(resolved);
-    }
-    if lines.is_empty() {
-        return None;
-    }
-    let culprit = lines.iter().find(|l| !l.plumbing).map(|l| match &l.place {
-        Some(place) => format!("{} ({place})", l.name),
-        None => l.name.clone(),
-    });
-    let mut text = String::new();
-    for (i, line) in lines.iter().enumerate() {
-        let _ = writeln!(text, "{i:>4}: {}", line.name);
-        if let Some(place) = &line.place {
-            let _ = writeln!(text, "             at {place}");
+        if name != next.name {
+            name = &first.name;
         }
     }
-    Some(Symbolized { text, culprit })
+    Some(match &first.place {
+        Some(place) => format!("{name} ({place})"),
+        None => name.to_owned(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{is_plumbing, symbolize};
+    use super::{culprit, is_plumbing, symbolize, Line};
+
+    #[test]
+    fn a_closure_run_for_its_own_function_is_named_as_that_function() {
+        let line = |name: &str, plumbing: bool| Line {
+            name: name.to_owned(),
+            place: (!plumbing).then(|| "src/db.rs:12".to_owned()),
+            plumbing,
+        };
+        let lines = [
+            line("std::thread::sleep", true),
+            line("app::db::load::{{closure}}", false),
+            line("loopwatch::instrument::call::call_sync", true),
+            line("app::db::load", false),
+            line("app::main", false),
+        ];
+        assert_eq!(
+            culprit(&lines).as_deref(),
+            Some("app::db::load (src/db.rs:12)")
+        );
+        // A closure run by another function keeps its own name.
+        let lines = [
+            line("app::db::load::{{closure}}", false),
+            line("app::db::other", false),
+        ];
+        assert_eq!(
+            culprit(&lines).as_deref(),
+            Some("app::db::load::{{closure}} (src/db.rs:12)")
+        );
+        // Nested closures of the same function.
+        let lines = [
+            line("app::run::{{closure}}::{{closure}}", false),
+            line("core::ops::function::FnOnce::call_once", true),
+            line("app::run", false),
+        ];
+        assert_eq!(culprit(&lines).as_deref(), Some("app::run (src/db.rs:12)"));
+    }
 
     #[inline(never)]
     fn culprit_sleeps_here(tid: std::sync::mpsc::Sender<i64>) {
@@ -378,6 +566,72 @@ mod tests {
         // Every frame here is loopwatch's own or the standard library's: no
         // culprit (tests/interference.rs checks the culprit of application code).
         assert_eq!(symbolized.culprit, None);
+    }
+
+    #[test]
+    fn a_frame_in_the_vdso_is_named() {
+        let Some(addr) = crate::clock::vdso_clock_gettime_address() else {
+            return; // no vDSO here
+        };
+        // An address inside the function, as a return address minus one is.
+        let text = symbolize(&[addr + 1], true).unwrap().text;
+        assert!(text.contains("clock_gettime"), "{text}");
+    }
+
+    static COMPARED: std::sync::Mutex<Option<std::sync::mpsc::Sender<i64>>> =
+        std::sync::Mutex::new(None);
+
+    /// A `qsort` comparator that, the first time, says which thread it runs
+    /// on and sleeps, so that its stack can be read from outside.
+    extern "C" fn compares_slowly(a: *const libc::c_void, b: *const libc::c_void) -> libc::c_int {
+        if let Some(tx) = COMPARED.lock().unwrap().take() {
+            tx.send(crate::stack::current_tid()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        // SAFETY: qsort hands pointers to two elements of the u32 array.
+        let (a, b) = unsafe { (*a.cast::<u32>(), *b.cast::<u32>()) };
+        a.cmp(&b) as libc::c_int
+    }
+
+    #[test]
+    fn a_frame_in_a_shared_library_is_named_by_the_symbol_that_holds_it() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        *COMPARED.lock().unwrap() = Some(tx);
+        let sorter = std::thread::spawn(|| {
+            let mut values = [3u32, 1, 2];
+            // SAFETY: a u32 array, its length and size, a comparator of u32s.
+            unsafe {
+                libc::qsort(values.as_mut_ptr().cast(), 3, 4, Some(compares_slowly));
+            }
+            values
+        });
+        let tid = rx.recv().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let sample = crate::stack::sample(tid, false).unwrap();
+        assert_eq!(sorter.join().unwrap(), [1, 2, 3]);
+        assert!(sample.complete);
+        let text = symbolize(&sample.frames, true).unwrap().text;
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.trim_start().split_once(": ").map(|(_, n)| n))
+            .collect();
+        let comparator = names
+            .iter()
+            .position(|n| n.contains("compares_slowly"))
+            .unwrap_or_else(|| panic!("{text}"));
+        let qsort = names
+            .iter()
+            .position(|n| n.starts_with("qsort"))
+            .unwrap_or_else(|| panic!("{text}"));
+        // Between them, libc's local sorting functions: not in its dynamic
+        // symbol table, so shown by offset, not named after a neighbour.
+        assert!(qsort > comparator + 1, "{text}");
+        for name in &names[comparator + 1..qsort] {
+            assert!(
+                name.starts_with("libc.so") && name.contains("+0x"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -138,10 +138,14 @@ impl WatchdogBuilder {
         self
     }
 
-    /// The most stall reports (first reports and escalations, in logs and to
-    /// the callback) sent per minute; the rest are counted in
-    /// `loopwatch_reports_suppressed_total`. Stalls are still counted and
-    /// shown in [`Health`](crate::Health). Default: [`Watchdog::DEFAULT_MAX_REPORTS_PER_MINUTE`] (10).
+    /// The most first reports of stalls sent per minute (in logs and to the
+    /// callback), and as many escalations, counted apart so that a long
+    /// stall's escalations never use up a new stall's report; the rest are
+    /// counted in `loopwatch_reports_suppressed_total`. A report held back
+    /// still has its evidence taken: stalls are counted and shown in
+    /// [`Health`](crate::Health), with their stacks in
+    /// [`Health::recent_stalls`](crate::Health::recent_stalls). Default:
+    /// [`Watchdog::DEFAULT_MAX_REPORTS_PER_MINUTE`] (10).
     pub fn max_reports_per_minute(mut self, max: u32) -> Self {
         self.config.max_reports_per_minute = max;
         self
@@ -158,7 +162,8 @@ impl WatchdogBuilder {
     /// drives, and how the stuck worker of a runtime known only by its
     /// handle is found. Default: `true`. Without it, reports carry no stack,
     /// and a current-thread runtime left undriven after being driven is
-    /// reported as stalled.
+    /// reported as stalled, marked unconfirmed
+    /// ([`StallReport::unconfirmed`]).
     pub fn sample_stacks(mut self, enabled: bool) -> Self {
         self.config.sample_stacks = enabled;
         self

@@ -105,7 +105,10 @@ impl Checker {
         // balancers, scrapes and alerts see.
         let mut flagged = false;
         for event in &events {
-            if let Event::Report { report, candidate } = event {
+            if let Event::Report {
+                report, candidate, ..
+            } = event
+            {
                 if report.escalation == 0 {
                     flagged = true;
                     if let Some(watched) = self.runtimes.get_mut(candidate.runtime.serial) {
@@ -118,6 +121,19 @@ impl Checker {
         if flagged {
             self.publish(now);
         }
+        // The stuck threads of the runtimes known only by their handle, for
+        // all of this check's reports in one search.
+        let searched: Vec<(&Candidate, &super::detect::RuntimeMonitor)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Report { candidate, .. } => self
+                    .runtimes
+                    .get(candidate.runtime.serial)
+                    .map(|w| (candidate, &w.monitor)),
+                Event::End { .. } => None,
+            })
+            .collect();
+        self.evidence.find_threads(&searched);
         let mut reports = Vec::new();
         for event in events {
             reports.extend(self.handle(event, &gone));
@@ -161,11 +177,22 @@ impl Checker {
     /// Samples every runtime, finds its stalls, and wakes its heartbeat when due.
     fn detect(&mut self, now: u64) -> Vec<Candidate> {
         let slots = slot::snapshot();
+        let drivers: Vec<i64> = self
+            .runtimes
+            .iter()
+            .map(|w| w.monitor.driver_tid())
+            .collect();
         let mut seen = Vec::new();
         for watched in self.runtimes.iter_mut() {
             let monitor = &mut watched.monitor;
             monitor.sample(now);
-            seen.extend(monitor.detect(now, &slots, self.thresholds));
+            seen.extend(monitor.detect(
+                now,
+                &slots,
+                &drivers,
+                self.thresholds,
+                self.evidence.symbolizer(),
+            ));
             if now.saturating_sub(monitor.last_poke) >= self.heartbeat_ns {
                 monitor.last_poke = now;
                 monitor.entry.beat.poke(now);
@@ -180,23 +207,21 @@ impl Checker {
             Event::Report {
                 mut report,
                 candidate,
+                held,
             } => {
+                // Every report gets its evidence, held back or not: health
+                // and the recent stalls show it either way.
                 let monitor = self
                     .runtimes
                     .get(candidate.runtime.serial)
                     .map(|w| &w.monitor);
                 self.evidence.add(&mut report, &candidate, monitor);
                 self.recent.record(candidate.key, &report);
-                Some(report)
-            }
-            Event::Suppressed { runtime, new } => {
-                if new {
-                    if let Some(watched) = self.runtimes.get_mut(runtime.serial) {
-                        watched.history.stalls += 1;
-                    }
+                if held {
+                    self.reporter.suppressed();
+                    return None;
                 }
-                self.reporter.suppressed(&runtime, new);
-                None
+                Some(*report)
             }
             Event::End {
                 candidate,

@@ -36,7 +36,13 @@ pub(crate) struct RuntimeMonitor {
     pub(crate) beat: BeatView,
     /// Last verdict on whether a current-thread runtime is driven:
     /// (what it was decided for, when, verdict).
-    driven: Option<(DrivenKey, u64, bool)>,
+    driven: Option<(DrivenKey, u64, Driven)>,
+    /// The driver thread's last stack looked at, and whether it was inside
+    /// the scheduler.
+    driver_seen: Option<(Vec<usize>, Vec<u64>, Option<bool>)>,
+    /// The thread found driving this current-thread runtime when its
+    /// heartbeat never ran (0 = none found).
+    found_driver: i64,
     /// When the heartbeat task was last woken (ns).
     pub(crate) last_poke: u64,
     /// When the metrics were last read (ns).
@@ -49,6 +55,17 @@ struct DrivenKey {
     beats: u64,
     changed_at: u64,
     driver_tid: i64,
+}
+
+/// Whether a current-thread runtime whose heartbeat and metrics stand still
+/// is driven (its thread inside `block_on`, stuck in a poll) or not.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Driven {
+    Yes,
+    No,
+    /// It could not be told, for this reason: reported as an unconfirmed
+    /// stall, never dropped.
+    Unknown(String),
 }
 
 /// Settings the detection needs.
@@ -100,6 +117,8 @@ impl RuntimeMonitor {
                 .collect(),
             beat: entry.beat.view(),
             driven: None,
+            found_driver: 0,
+            driver_seen: None,
             last_poke: 0,
             last_sample: 0,
             entry,
@@ -127,7 +146,36 @@ impl RuntimeMonitor {
     /// Whether this is a current-thread runtime that nobody drives now (idle,
     /// not stalled), as last found.
     pub(crate) fn undriven(&self) -> bool {
-        self.current_thread && matches!(self.driven, Some((_, _, false)))
+        self.current_thread && matches!(self.driven, Some((_, _, Driven::No)))
+    }
+
+    /// Whether the driver thread whose stack is `sample` is inside tokio's
+    /// current-thread scheduler; the answer for the same frames at the same
+    /// places is kept, so that a runtime standing still is not symbolized
+    /// again at every look.
+    fn driver_role(
+        &mut self,
+        symbolizer: &mut crate::stack::Symbolizer,
+        sample: &crate::stack::Sample,
+    ) -> Option<bool> {
+        if let Some((frames, sps, inside)) = &self.driver_seen {
+            if *frames == sample.frames && *sps == sample.sps {
+                return *inside;
+            }
+        }
+        let inside = crate::stack::role(symbolizer, &sample.frames).map(|r| r.current_thread);
+        self.driver_seen = Some((sample.frames.clone(), sample.sps.clone(), inside));
+        inside
+    }
+
+    /// The thread that drives this current-thread runtime, when known: where
+    /// its heartbeat last ran, or the thread found inside its scheduler.
+    pub(crate) fn driver_tid(&self) -> i64 {
+        if self.beat.driver_tid != 0 {
+            self.beat.driver_tid
+        } else {
+            self.found_driver
+        }
     }
 
     /// Seconds since the heartbeat last ran (or since the runtime was watched).
@@ -152,7 +200,14 @@ impl RuntimeMonitor {
     ///   within the threshold explain such workers away; the rest are stalls.
     /// - With loopwatch's runtime hooks, a thread that parked within the
     ///   threshold is not stuck, which bounds the count further.
-    pub(crate) fn detect(&mut self, now: u64, slots: &[SlotView], t: Thresholds) -> Vec<Candidate> {
+    pub(crate) fn detect(
+        &mut self,
+        now: u64,
+        slots: &[SlotView],
+        drivers: &[i64],
+        t: Thresholds,
+        symbolizer: &mut crate::stack::Symbolizer,
+    ) -> Vec<Candidate> {
         let mut found = Vec::new();
         if !self.beat.alive {
             return found;
@@ -231,6 +286,7 @@ impl RuntimeMonitor {
                 task: s.task,
                 thread: s.info.name.clone(),
                 os_tid: s.info.os_tid,
+                unconfirmed: None,
             });
         }
         unmatched.retain(|&(_, since, _)| is_frozen(since));
@@ -267,8 +323,13 @@ impl RuntimeMonitor {
         }
         let named = suspects.len() == anonymous;
 
-        if self.current_thread && anonymous > 0 && !self.current_thread_driven(now, t) {
-            anonymous = 0;
+        let mut unconfirmed = None;
+        if self.current_thread && anonymous > 0 {
+            match self.current_thread_driven(now, drivers, t, symbolizer) {
+                Driven::Yes => {}
+                Driven::No => anonymous = 0,
+                Driven::Unknown(why) => unconfirmed = Some(why),
+            }
         }
 
         for (n, &(worker, since, _)) in unmatched.iter().take(anonymous).enumerate() {
@@ -277,7 +338,7 @@ impl RuntimeMonitor {
             // The stuck thread: a hooked suspect, or the driver of a current-thread runtime.
             let os_tid = match suspect {
                 Some(s) => s.info.os_tid,
-                None if self.current_thread => self.beat.driver_tid,
+                None if self.current_thread => self.driver_tid(),
                 None => 0,
             };
             found.push(Candidate {
@@ -292,6 +353,7 @@ impl RuntimeMonitor {
                 task: None,
                 thread,
                 os_tid,
+                unconfirmed: unconfirmed.clone(),
             });
         }
 
@@ -312,6 +374,7 @@ impl RuntimeMonitor {
                     task: None,
                     thread: None,
                     os_tid: 0,
+                    unconfirmed: None,
                 });
             }
         }
@@ -323,43 +386,94 @@ impl RuntimeMonitor {
     /// still. Tokio shows no difference between a runtime stuck in a poll and
     /// one whose `block_on` returned, so the driver thread (where the
     /// heartbeat last ran) is asked for its stack: inside tokio's
-    /// current-thread scheduler means driven. Without stack sampling (turned
-    /// off, not Linux, or a stripped binary) a runtime driven since it was
-    /// watched counts as driven. The verdict is kept while nothing moves and
-    /// taken again every quarter threshold.
-    fn current_thread_driven(&mut self, now: u64, t: Thresholds) -> bool {
-        if !(self.beat.beats > 0 || self.entry.watched_from_inside)
-            || self.heartbeat_age_ns(now) < t.stall_ns
-        {
-            return false;
+    /// current-thread scheduler means driven, and a complete walk without it
+    /// means not driven. Anything less (a partial walk without it, no symbol
+    /// table to tell tokio's frames by, no stack) cannot tell, and the stall
+    /// is reported as unconfirmed with the reason: never dropped. The verdict
+    /// is kept while nothing moves and taken again every quarter threshold.
+    fn current_thread_driven(
+        &mut self,
+        now: u64,
+        drivers: &[i64],
+        t: Thresholds,
+        symbolizer: &mut crate::stack::Symbolizer,
+    ) -> Driven {
+        if self.heartbeat_age_ns(now) < t.stall_ns {
+            return Driven::No;
         }
+        // Never driven since it was watched: only a thread found inside a
+        // current-thread scheduler (and not driving another watched
+        // runtime) can be stuck in its first poll.
+        let never_ran = self.beat.beats == 0 && !self.entry.watched_from_inside;
         let key = DrivenKey {
             beats: self.beat.beats,
             changed_at: self.workers.first().map_or(0, |w| w.changed_at),
             driver_tid: self.beat.driver_tid,
         };
-        let recheck_ns = (t.stall_ns / 4).max(t.check_ns);
-        if let Some((k, at, verdict)) = self.driven {
-            if k == key && now.saturating_sub(at) < recheck_ns {
-                return verdict;
+        let recheck_ns = if never_ran {
+            t.stall_ns
+        } else {
+            (t.stall_ns / 4).max(t.check_ns)
+        };
+        if let Some((k, at, verdict)) = &self.driven {
+            if *k == key && now.saturating_sub(*at) < recheck_ns {
+                return verdict.clone();
             }
         }
-        let verdict = if !t.sample_stacks || key.driver_tid == 0 {
-            true
+        if never_ran {
+            let verdict = if !t.sample_stacks {
+                Driven::No
+            } else {
+                let others: Vec<i64> = drivers
+                    .iter()
+                    .copied()
+                    .filter(|&d| d != 0 && d != self.found_driver)
+                    .collect();
+                match super::threads::find_current_thread_driver(symbolizer, &others) {
+                    Ok(Some(tid)) => {
+                        self.found_driver = tid;
+                        Driven::Yes
+                    }
+                    Ok(None) => Driven::No,
+                    Err(why) => Driven::Unknown(format!(
+                        "it has not run since it was watched, and whether a thread is stuck inside its block_on could not be told: {why}"
+                    )),
+                }
+            };
+            self.driven = Some((key, now, verdict.clone()));
+            return verdict;
+        }
+        let unknown = |why: String| {
+            Driven::Unknown(format!(
+                "whether its thread is still inside block_on could not be told: {why}"
+            ))
+        };
+        let verdict = if !t.sample_stacks {
+            unknown("stack sampling is off".to_owned())
+        } else if key.driver_tid == 0 {
+            unknown("the thread that drives it is not known".to_owned())
         } else {
             // A driver thread waiting in the kernel is read from outside; one
             // on a CPU while its runtime stands still is signalled (it runs
             // user code, so no call of its is interrupted).
             match crate::stack::sample(key.driver_tid, true) {
-                Ok(sample) => {
-                    crate::stack::in_current_thread_scheduler(&sample.frames).unwrap_or(true)
-                }
+                Ok(sample) => match self.driver_role(symbolizer, &sample) {
+                    Some(true) => Driven::Yes,
+                    Some(false) if sample.complete => Driven::No,
+                    Some(false) => unknown(format!(
+                        "the walk of its stack stopped before tokio's frames ({})",
+                        sample.stopped.unwrap_or("partial")
+                    )),
+                    None => unknown(
+                        "the executable has no symbol table to tell tokio's frames by".to_owned(),
+                    ),
+                },
                 // The driver thread exited: nobody drives the runtime.
-                Err(crate::stack::NoStack::Gone) => false,
-                Err(_) => true,
+                Err(crate::stack::NoStack::Gone) => Driven::No,
+                Err(why) => unknown(format!("its stack could not be read: {why}")),
             }
         };
-        self.driven = Some((key, now, verdict));
+        self.driven = Some((key, now, verdict.clone()));
         verdict
     }
 }

@@ -11,13 +11,10 @@ use std::time::Instant;
 
 use super::detect::RuntimeMonitor;
 use super::stall::{Candidate, StallKey};
+use super::threads::NotFound;
 use crate::instrument::slot;
-use crate::stack::{self, NoStack};
+use crate::stack;
 use crate::StallReport;
-
-/// How long the candidates of a handle-only runtime are watched for context
-/// switches before one is called stuck.
-const SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// What is kept about each stall in progress.
 #[derive(Debug, Default, Clone)]
@@ -42,6 +39,9 @@ pub(crate) struct EvidenceCollector {
     known: HashMap<StallKey, Known>,
     /// Symbol and line tables read during this check, dropped at its end.
     symbolizer: Option<stack::Symbolizer>,
+    /// Stuck threads found this check by [`find_threads`](Self::find_threads),
+    /// not yet taken by a report.
+    found: HashMap<StallKey, super::threads::Found>,
 }
 
 impl EvidenceCollector {
@@ -51,12 +51,20 @@ impl EvidenceCollector {
             full_stacks,
             known: HashMap::new(),
             symbolizer: None,
+            found: HashMap::new(),
         }
+    }
+
+    /// The symbolizer of this check (its tables are read once per check,
+    /// whoever needs them first: detection or a report).
+    pub(crate) fn symbolizer(&mut self) -> &mut stack::Symbolizer {
+        self.symbolizer.get_or_insert_with(Default::default)
     }
 
     /// The check is over: the symbol and line tables it read are dropped.
     pub(crate) fn end_check(&mut self) {
         self.symbolizer = None;
+        self.found.clear();
     }
 
     /// What is known about a stall in progress.
@@ -86,7 +94,7 @@ impl EvidenceCollector {
         let mut tid = candidate.os_tid;
         let mut sample = None;
         if tid == 0 {
-            match monitor.map(|m| self.find_stuck_worker(m, candidate.key)) {
+            match monitor.map(|m| self.stuck_thread(candidate, m)) {
                 Some(Ok((found, taken))) => {
                     tid = found;
                     sample = taken;
@@ -108,8 +116,17 @@ impl EvidenceCollector {
         report.cpu_bound = stack::on_cpu(tid);
         let sample = match sample {
             Some(s) => Ok(s),
-            // Known stuck: may be signalled if on a CPU.
-            None => stack::sample(tid, true),
+            None => {
+                // A thread caught on a CPU for a moment (a stuck call that
+                // wakes now and then) is given a few milliseconds to wait
+                // again, to be read from outside; one that stays on its CPU
+                // is known stuck, and may be signalled.
+                let mut patience = super::threads::ON_CPU_PATIENCE;
+                match super::threads::sample_waiting(tid, &mut patience) {
+                    Err(stack::NoStack::OnCpu) => stack::sample(tid, true),
+                    other => other,
+                }
+            }
         };
         let sample = match sample {
             Ok(sample) => sample,
@@ -118,14 +135,19 @@ impl EvidenceCollector {
                 return;
             }
         };
+        // Read from outside: it was waiting; signalled: it stayed on its CPU.
+        report.cpu_bound = Some(sample.signalled);
         let read = began.elapsed();
         let symbolizer = self.symbolizer.get_or_insert_with(Default::default);
         if let Some(symbolized) = symbolizer.symbolize(&sample.frames, self.full_stacks) {
-            report.backtrace = Some(if sample.complete {
-                symbolized.text
-            } else {
-                format!("{}     (the walk stopped here)\n", symbolized.text)
+            report.backtrace = Some(match sample.stopped {
+                None => symbolized.text,
+                Some(why) => format!(
+                    "{}      (partial: the walk stopped here: {why})\n",
+                    symbolized.text
+                ),
             });
+            report.stack_complete = Some(sample.complete);
             report.culprit = symbolized.culprit;
         }
         if report.escalation > 0 && !known.frames.is_empty() {
@@ -149,74 +171,78 @@ impl EvidenceCollector {
         self.known.remove(&key);
     }
 
-    /// For a multi-thread runtime known only by its handle, finds the thread
-    /// of a stalled worker among the runtime's worker threads seen so far
-    /// (every worker runs the heartbeat task now and then), without
-    /// signalling any. Each candidate's voluntary context switches are read
-    /// twice, [`SETTLE`] apart: a thread stuck in one call makes none, a
-    /// healthy worker completing short blocking polls makes some. A thread
-    /// that made none, waiting in the kernel inside a task's poll (its stack
-    /// read from outside), is stuck. A worker on a CPU is chosen only when it
-    /// is the one candidate left unexplained. Threads already given to
-    /// another stall are skipped. Returns the thread, and its stack when it
-    /// was read now.
-    fn find_stuck_worker(
-        &mut self,
-        monitor: &RuntimeMonitor,
-        key: StallKey,
-    ) -> Result<(i64, Option<stack::Sample>), NoStack> {
-        if monitor.flavor != "multi_thread" {
-            return Err(NoStack::NotFound);
+    /// Finds, in one search, the stuck threads of the stalls about to be
+    /// reported whose thread is not known: a multi-thread runtime's worker
+    /// known only by its handle (see [`threads`](super::threads)). What it
+    /// finds is taken by [`add`](Self::add).
+    pub(crate) fn find_threads(&mut self, stalls: &[(&Candidate, &RuntimeMonitor)]) {
+        if !self.sample_stacks {
+            return;
         }
-        if let Some(known) = self.known.get(&key).filter(|k| k.thread != 0) {
-            return Ok((known.thread, None));
+        let wanted: Vec<(StallKey, &RuntimeMonitor)> = stalls
+            .iter()
+            .filter(|(c, m)| {
+                c.os_tid == 0
+                    && m.flavor == "multi_thread"
+                    && self.known.get(&c.key).is_none_or(|k| k.thread == 0)
+                    && !self.found.contains_key(&c.key)
+            })
+            .map(|(c, m)| (c.key, *m))
+            .collect();
+        if wanted.is_empty() {
+            return;
         }
         let taken: Vec<i64> = self.known.values().map(|k| k.thread).collect();
-        let candidates: Vec<(i64, Option<String>, Option<u64>)> = slot::snapshot()
-            .into_iter()
-            .filter(|s| {
-                let tid = s.info.os_tid;
-                s.info.runtime == Some(monitor.id)
-                    && s.is_worker
-                    && s.poll_start == 0
-                    && tid != 0
-                    && !taken.contains(&tid)
-            })
-            .map(|s| {
-                let tid = s.info.os_tid;
-                let name = s.info.name.as_deref().map(str::to_owned);
-                (tid, name, stack::voluntary_switches(tid))
+        let pokes: Vec<Box<dyn Fn() + '_>> = wanted
+            .iter()
+            .map(|(_, m)| {
+                let beat = &m.entry.beat;
+                Box::new(move || beat.poke(crate::clock::now_ns())) as Box<dyn Fn() + '_>
             })
             .collect();
-        if candidates.is_empty() {
-            return Err(NoStack::NotFound);
-        }
-        std::thread::sleep(SETTLE);
-        let mut on_cpu = Vec::new();
-        let mut unexplained = 0;
-        for (tid, name, before) in candidates {
-            let still = before.is_some() && stack::voluntary_switches(tid) == before;
-            match stack::sample(tid, false) {
-                Ok(sample) => match stack::in_task_poll(&sample.frames) {
-                    Some(true) if still => {
-                        self.remember(key, tid, name);
-                        return Ok((tid, Some(sample)));
-                    }
-                    Some(_) => {}
-                    None => unexplained += 1,
-                },
-                Err(NoStack::OnCpu) if still => on_cpu.push((tid, name)),
-                Err(NoStack::OnCpu | NoStack::Gone) => {}
-                Err(_) => unexplained += 1,
+        let requests: Vec<(tokio::runtime::Id, &dyn Fn())> = wanted
+            .iter()
+            .zip(&pokes)
+            .map(|((_, m), poke)| (m.id, &**poke))
+            .collect();
+        let symbolizer = self.symbolizer.get_or_insert_with(Default::default);
+        let results =
+            super::threads::find_stuck_workers(symbolizer, &slot::snapshot(), &taken, &requests);
+        for ((key, _), result) in wanted.iter().zip(results) {
+            if let Ok((tid, name, _)) = &result {
+                self.remember(*key, *tid, name.clone());
             }
+            self.found.insert(*key, result);
         }
-        match (on_cpu.len(), unexplained) {
-            (1, 0) => {
-                let (tid, name) = on_cpu.remove(0);
-                self.remember(key, tid, name);
-                Ok((tid, None))
-            }
-            _ => Err(NoStack::NotFound),
+    }
+
+    /// The thread of a stall whose thread is not known: found by
+    /// [`find_threads`](Self::find_threads) this check, or found now.
+    fn stuck_thread(
+        &mut self,
+        candidate: &Candidate,
+        monitor: &RuntimeMonitor,
+    ) -> Result<(i64, Option<stack::Sample>), NotFound> {
+        if let Some(known) = self.known.get(&candidate.key).filter(|k| k.thread != 0) {
+            let tid = known.thread;
+            let sample = match self.found.remove(&candidate.key) {
+                Some(Ok((_, _, sample))) => sample,
+                _ => None,
+            };
+            return Ok((tid, sample));
+        }
+        if let Some(found) = self.found.remove(&candidate.key) {
+            return found.map(|(tid, _, sample)| (tid, sample));
+        }
+        if monitor.flavor != "multi_thread" {
+            return Err(NotFound::Because(
+                "the thread that drives this current-thread runtime is not known",
+            ));
+        }
+        self.find_threads(&[(candidate, monitor)]);
+        match self.found.remove(&candidate.key) {
+            Some(found) => found.map(|(tid, _, sample)| (tid, sample)),
+            None => Err(NotFound::Stack(stack::NoStack::NotFound)),
         }
     }
 

@@ -35,6 +35,8 @@ impl RecentStalls {
             cpu_bound: report.cpu_bound,
             culprit: report.culprit.clone(),
             backtrace: report.backtrace.clone(),
+            stack_complete: report.stack_complete,
+            unconfirmed: report.unconfirmed.clone(),
             spans: report.spans.clone(),
         };
         match self.ring.iter_mut().find(|(k, _)| *k == key) {

@@ -45,18 +45,27 @@ pub struct StallReport {
     pub task: Option<String>,
     /// The stuck thread's name, when known.
     pub thread: Option<String>,
-    /// The stuck thread's stack, innermost first, trimmed to the frames a
-    /// person needs (Linux on x86_64, with
+    /// The stuck thread's stack, innermost first, one numbered function per
+    /// line (inlined ones too, with `file:line` where debug info has it),
+    /// cut at tokio's scheduler (Linux on x86_64, with
     /// [`sample_stacks`](crate::WatchdogBuilder::sample_stacks), when the
     /// stuck thread can be found: an instrumented task, a runtime built with
     /// [`install_runtime_hooks`](crate::install_runtime_hooks), a
-    /// current-thread runtime, or a worker the heartbeat has run on).
+    /// current-thread runtime, or a runtime known only by its handle, whose
+    /// stuck worker is found among the process's threads). Every frame is
+    /// one the thread is in; a partial stack
+    /// ([`stack_complete`](Self::stack_complete) `Some(false)`) ends with a
+    /// line saying where and why the walk stopped.
     pub backtrace: Option<String>,
     /// The first frame of application code in the stack, as
     /// `function (file:line)` where debug info has the place: the first
     /// frame that is not the standard library, tokio, loopwatch, other
     /// runtime plumbing (parking_lot, lock_api, futures, tracing), a registry
-    /// or git dependency, or a shared library such as libc.
+    /// or git dependency, or a shared library such as libc, and has a name.
+    /// A closure run for the function that defines it (with only plumbing in
+    /// between, as `#[instrument_blocking]` does) is named as that function.
+    /// Without debug info (`debug = false`), inlined functions are not seen,
+    /// and the culprit is the function the blocking code was inlined into.
     pub culprit: Option<String>,
     /// The `tracing` spans the stuck thread is in, outermost first, each as
     /// `name{field=value ...}`: with [`spans::layer()`](crate::spans::layer)
@@ -68,6 +77,19 @@ pub struct StallReport {
     /// Why there is no stack, when stack sampling is on and none was taken
     /// (for example: the thread is on a CPU and blocks the stack signal).
     pub stack_missing: Option<String>,
+    /// Whether [`backtrace`](Self::backtrace) goes down to the thread's
+    /// first frame (`Some(true)`), or is partial (`Some(false)`): the walk
+    /// stopped where it could not verify the next frame, and the text's
+    /// last line says why. Every frame shown, partial or not, is one the
+    /// thread is in, and the culprit is taken from them. `None` without a
+    /// stack.
+    pub stack_complete: Option<bool>,
+    /// Set when loopwatch could not confirm that this is a stall, with the
+    /// reason: for a current-thread runtime, whether its thread is still
+    /// inside `block_on` (stuck) or has left it (nobody drives the runtime:
+    /// idle, not stuck) could not be told. Reported rather than dropped, so
+    /// that a real stall is never missed.
+    pub unconfirmed: Option<String>,
     /// Whether the stuck thread was running on a CPU (a CPU hog) rather than
     /// waiting in the kernel (a blocking call, a lock, a sleep), when known.
     pub cpu_bound: Option<bool>,
@@ -103,6 +125,9 @@ impl fmt::Display for StallReport {
         }
         if let Some(culprit) = &self.culprit {
             write!(f, " at {culprit}")?;
+        }
+        if let Some(why) = &self.unconfirmed {
+            write!(f, " (unconfirmed: {why})")?;
         }
         Ok(())
     }
@@ -186,11 +211,9 @@ impl Reporter {
         }
     }
 
-    /// A report held back by the rate limit; `new` when it was a stall's first.
-    pub(crate) fn suppressed(&self, runtime: &RuntimeRef, new: bool) {
-        if new {
-            publish::stall_flagged(&runtime.name);
-        }
+    /// A report held back from the log and the callback by the rate limit
+    /// (the stall itself was counted by `stall_flagged`).
+    pub(crate) fn suppressed(&self) {
         publish::report_suppressed();
     }
 

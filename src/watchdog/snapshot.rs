@@ -131,6 +131,7 @@ pub(crate) fn assemble(input: Inputs<'_>) -> Health {
                     thread: r.thread,
                     culprit: r.culprit,
                     spans: r.spans,
+                    unconfirmed: r.unconfirmed,
                 })
                 .collect(),
         });

@@ -1,6 +1,10 @@
 //! The stall state machine: a stall seen at a check is flagged, escalated
-//! at 2x, 4x, ... the threshold, and ended when it is no longer seen; reports
-//! are rate limited. It decides what to report, not how.
+//! at 2x, 4x, ... the threshold, and ended when it is no longer seen. The
+//! rate limit holds reports back from the log and the callback only, with a
+//! budget for first reports and another for escalations (a long stall's
+//! escalations never use up what a new stall needs): every report still
+//! gets its evidence, in health and the recent stalls. It decides what to
+//! report, not how.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -36,6 +40,8 @@ pub(crate) struct Candidate {
     pub(crate) thread: Option<Arc<str>>,
     /// Kernel id of the stuck thread, when known (0 = unknown).
     pub(crate) os_tid: i64,
+    /// Why this could not be confirmed to be a stall, when it could not.
+    pub(crate) unconfirmed: Option<String>,
 }
 
 impl Candidate {
@@ -50,6 +56,8 @@ impl Candidate {
             culprit: None,
             spans: Vec::new(),
             stack_missing: None,
+            stack_complete: None,
+            unconfirmed: self.unconfirmed.clone(),
             cpu_bound: None,
             stack_moved: None,
             escalation,
@@ -70,13 +78,14 @@ struct Active {
 /// What the state machine decided at one check.
 #[derive(Debug)]
 pub(crate) enum Event {
-    /// A stall flagged now (`report.escalation == 0`) or escalated.
+    /// A stall flagged now (`report.escalation == 0`) or escalated; `held`
+    /// when the rate limit holds it back from the log and the callback (its
+    /// evidence is still taken, for health and the recent stalls).
     Report {
-        report: StallReport,
+        report: Box<StallReport>,
         candidate: Candidate,
+        held: bool,
     },
-    /// A report held back by the rate limit; `new` when it was a stall's first.
-    Suppressed { runtime: RuntimeRef, new: bool },
     /// A stall that ended; `reported` when its first report went out.
     End {
         candidate: Candidate,
@@ -90,7 +99,10 @@ pub(crate) enum Event {
 pub(crate) struct StallMachine {
     threshold_ns: u64,
     active: HashMap<StallKey, Active>,
-    limit: RateLimit,
+    /// Budget of first reports.
+    firsts: RateLimit,
+    /// Budget of escalations, apart.
+    escalations: RateLimit,
 }
 
 /// At most `max_per_minute` reports in any sliding minute.
@@ -123,13 +135,15 @@ const MINUTE_NS: u64 = 60_000_000_000;
 
 impl StallMachine {
     pub(crate) fn new(threshold: Duration, max_per_minute: u32) -> Self {
+        let limit = || RateLimit {
+            max_per_minute: max_per_minute as usize,
+            sent: VecDeque::new(),
+        };
         StallMachine {
             threshold_ns: crate::clock::nanos(threshold),
             active: HashMap::new(),
-            limit: RateLimit {
-                max_per_minute: max_per_minute as usize,
-                sent: VecDeque::new(),
-            },
+            firsts: limit(),
+            escalations: limit(),
         }
     }
 
@@ -167,18 +181,12 @@ impl StallMachine {
                     {
                         active.next_multiple = active.next_multiple.saturating_mul(2);
                     }
-                    let report = active.candidate.report(now, active.escalation);
-                    if self.limit.allow(now) {
-                        events.push(Event::Report {
-                            report,
-                            candidate: active.candidate.clone(),
-                        });
-                    } else {
-                        events.push(Event::Suppressed {
-                            runtime: active.candidate.runtime.clone(),
-                            new: false,
-                        });
-                    }
+                    let report = Box::new(active.candidate.report(now, active.escalation));
+                    events.push(Event::Report {
+                        report,
+                        candidate: active.candidate.clone(),
+                        held: !self.escalations.allow(now),
+                    });
                 }
                 continue;
             }
@@ -188,18 +196,12 @@ impl StallMachine {
             {
                 next_multiple *= 2;
             }
-            let reported = self.limit.allow(now);
-            if reported {
-                events.push(Event::Report {
-                    report: candidate.report(now, 0),
-                    candidate: candidate.clone(),
-                });
-            } else {
-                events.push(Event::Suppressed {
-                    runtime: candidate.runtime.clone(),
-                    new: true,
-                });
-            }
+            let reported = self.firsts.allow(now);
+            events.push(Event::Report {
+                report: Box::new(candidate.report(now, 0)),
+                candidate: candidate.clone(),
+                held: !reported,
+            });
             self.active.insert(
                 key,
                 Active {
@@ -252,6 +254,7 @@ mod tests {
             task: Some("job"),
             thread: None,
             os_tid: 0,
+            unconfirmed: None,
         }
     }
 
@@ -259,7 +262,11 @@ mod tests {
         events
             .iter()
             .filter_map(|e| match e {
-                Event::Report { report, .. } => Some(report.escalation),
+                Event::Report {
+                    report,
+                    held: false,
+                    ..
+                } => Some(report.escalation),
                 _ => None,
             })
             .collect()
@@ -308,8 +315,8 @@ mod tests {
             };
             for e in m.update(t, vec![c]) {
                 match e {
-                    Event::Report { .. } => sent += 1,
-                    Event::Suppressed { new: true, .. } => suppressed += 1,
+                    Event::Report { held: false, .. } => sent += 1,
+                    Event::Report { held: true, .. } => suppressed += 1,
                     _ => {}
                 }
             }
@@ -320,5 +327,41 @@ mod tests {
         t += 61 * S;
         let c = cand(t - S);
         assert_eq!(reports(&m.update(t, vec![c])), vec![0]);
+    }
+
+    #[test]
+    fn escalations_do_not_use_up_the_budget_of_first_reports() {
+        let mut m = StallMachine::new(Duration::from_secs(1), 2);
+        let long = cand(0);
+        // One long stall escalates at 2, 4, 8, 16 and 32 s: two logged,
+        // the rest held back.
+        let mut escalations = (0, 0);
+        for t in 1..=40 {
+            for e in m.update(t * S, vec![long.clone()]) {
+                if let Event::Report { report, held, .. } = e {
+                    if report.escalation > 0 {
+                        if held {
+                            escalations.1 += 1;
+                        } else {
+                            escalations.0 += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(escalations, (2, 3));
+        // A new stall's first report still goes out, with the long one's.
+        let mut new = cand(39 * S);
+        new.key = StallKey::Poll {
+            slot: 9,
+            start: 39 * S,
+        };
+        let events = m.update(41 * S, vec![long, new]);
+        assert!(
+            events.iter().any(
+                |e| matches!(e, Event::Report { report, held: false, .. } if report.escalation == 0)
+            ),
+            "{events:?}"
+        );
     }
 }

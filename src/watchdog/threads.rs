@@ -1,0 +1,371 @@
+//! Finding the stuck thread of a runtime that loopwatch knows only by its
+//! handle: among the process's threads, read from outside (never
+//! signalled), without waiting for the heartbeat to have visited each
+//! worker.
+//!
+//! A multi-thread runtime's worker stuck in a task's poll has tokio's worker
+//! loop on its stack with the task harness inside it and no park code; a
+//! worker that is parked, a blocking-pool thread running `spawn_blocking`
+//! work and any other thread do not. Read twice, [`SETTLE`] apart, a stuck
+//! worker's stack is the same from the harness frame outwards (same return
+//! addresses at the same stack addresses) even when the stuck call inside
+//! wakes now and then (a retry loop, SQLite's busy handler sleeping in
+//! steps); a healthy worker has moved on to another task or parked.
+//!
+//! Threads known to be the runtime's workers (the heartbeat ran on them)
+//! are looked at first; threads known to be another runtime's, loopwatch's
+//! own and the process's main thread are never candidates.
+
+use std::time::Duration;
+
+use crate::instrument::slot::SlotView;
+use crate::stack::{self, NoStack, Sample, Symbolizer};
+
+/// How long apart a candidate's stack is read twice.
+pub(crate) const SETTLE: Duration = Duration::from_millis(50);
+
+/// The most threads not known to loopwatch that one search reads.
+const MAX_UNKNOWN: usize = 128;
+
+/// A thread of this process: its kernel id and its name (`comm`).
+#[derive(Debug, Clone)]
+pub(crate) struct ProcessThread {
+    pub(crate) tid: i64,
+    pub(crate) name: String,
+}
+
+/// The threads of this process, but loopwatch's own and the main thread.
+pub(crate) fn process_threads() -> Vec<ProcessThread> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let pid = i64::from(std::process::id());
+    let mut threads: Vec<ProcessThread> = dir
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let tid: i64 = e.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(e.path().join("comm"))
+                .map(|n| n.trim_end().to_owned())
+                .unwrap_or_default();
+            Some(ProcessThread { tid, name })
+        })
+        .filter(|t| t.tid != pid && !t.name.starts_with("loopwatch"))
+        .collect();
+    threads.sort_by_key(|t| t.tid);
+    threads
+}
+
+/// How long one search waits in all for threads caught on a CPU to go back
+/// to waiting (a stuck call that wakes now and then is on a CPU for a
+/// moment at each wake-up).
+pub(crate) const ON_CPU_PATIENCE: Duration = Duration::from_millis(20);
+
+/// Reads thread `tid`'s stack from outside; one caught on a CPU is looked at
+/// again a few times, a millisecond apart, while `patience` lasts: a thread
+/// that just woke is soon back in the kernel, a busy one stays on its CPU.
+pub(crate) fn sample_waiting(tid: i64, patience: &mut Duration) -> Result<Sample, NoStack> {
+    const STEP: Duration = Duration::from_millis(1);
+    let mut tries = 0;
+    loop {
+        match stack::sample(tid, false) {
+            Err(NoStack::OnCpu) if tries < 5 && *patience >= STEP => {
+                tries += 1;
+                *patience -= STEP;
+                std::thread::sleep(STEP);
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A thread name as `/proc` shows it (`comm`: at most 15 bytes).
+fn comm(name: &str) -> String {
+    let mut end = name.len().min(15);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    name[..end].to_owned()
+}
+
+/// Why no stuck thread was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum NotFound {
+    /// A reason the stack module knows.
+    Stack(NoStack),
+    /// Another reason, in words.
+    Because(&'static str),
+}
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NotFound::Stack(why) => write!(f, "{why}"),
+            NotFound::Because(why) => f.write_str(why),
+        }
+    }
+}
+
+/// One candidate's first look.
+#[derive(Debug)]
+struct Seen {
+    tid: i64,
+    name: Option<String>,
+    /// The runtime whose worker it is known to be (`None`: not known).
+    known: Option<tokio::runtime::Id>,
+    /// The stack from the task harness frame outwards (`None`: on a CPU,
+    /// not read).
+    outer: Option<Outer>,
+    /// Voluntary context switches at the first look.
+    switches: Option<u64>,
+    /// The end of its last instrumented poll at the first look.
+    completed: u64,
+}
+
+/// A stack from one frame outwards: return addresses and stack pointers.
+type Outer = (Vec<usize>, Vec<u64>);
+
+/// The part of a worker's stack from its task harness frame outwards, when
+/// it is a worker inside a task's poll.
+fn polling_part(symbolizer: &mut Symbolizer, sample: &Sample) -> Result<Option<Outer>, NotFound> {
+    let role = stack::role(symbolizer, &sample.frames).ok_or(NotFound::Because(
+        "the executable has no symbol table to tell tokio's frames by",
+    ))?;
+    Ok(role
+        .polling
+        .map(|at| (sample.frames[at..].to_vec(), sample.sps[at..].to_vec())))
+}
+
+/// What a search found for one stall: the thread, its name, its stack.
+pub(crate) type Found = Result<(i64, Option<String>, Option<Sample>), NotFound>;
+
+/// Finds the threads of stalled workers of multi-thread runtimes, one per
+/// entry of `wanted` (the runtime, and how to wake its heartbeat task), in
+/// one search: every thread is read twice at most, [`SETTLE`] apart, for
+/// all of them. `slots` is what the poll slots say; `taken` are threads
+/// already given to other stalls.
+///
+/// A candidate is a worker inside a task's poll whose stack from the task
+/// harness outwards is the same in both reads. A healthy worker polling the
+/// same task again and again (short blocking calls in a loop) looks the
+/// same; it is told apart two ways. The heartbeat tasks are woken before
+/// the second read: each runs on a free worker, never on a stuck one, and a
+/// thread that completes an instrumented poll meanwhile is not stuck. And a
+/// thread that gave up its CPU in between (its voluntary context switches
+/// grew) comes after one that did not, which is stuck in one call; a stuck
+/// call that wakes now and then (a retry loop) is still found when it is
+/// the one candidate left.
+///
+/// Threads known to be a runtime's workers are that runtime's; a thread not
+/// known to loopwatch is given to a stall only when it is the one such
+/// candidate left, and a thread on a CPU only when it is known to be the
+/// runtime's (an unknown thread on a CPU may be anything, and its stack
+/// cannot be read without a signal).
+pub(crate) fn find_stuck_workers(
+    symbolizer: &mut Symbolizer,
+    slots: &[SlotView],
+    taken: &[i64],
+    wanted: &[(tokio::runtime::Id, &dyn Fn())],
+) -> Vec<Found> {
+    let ids: Vec<tokio::runtime::Id> = wanted.iter().map(|(id, _)| *id).collect();
+    // A thread whose slot was taken inside one of these runtimes (the
+    // heartbeat or an instrumented call ran on it, or the runtime's hooks
+    // registered it) is that runtime's; whether it is a worker its stack
+    // says.
+    let known: Vec<(i64, Option<String>, Option<tokio::runtime::Id>, u64)> = slots
+        .iter()
+        .filter(|s| s.poll_start == 0 && s.info.os_tid != 0)
+        .filter(|s| s.info.runtime.is_some_and(|r| ids.contains(&r)))
+        .map(|s| {
+            let name = s.info.name.as_deref().map(str::to_owned);
+            (s.info.os_tid, name, s.info.runtime, s.last_completed)
+        })
+        .filter(|(tid, ..)| !taken.contains(tid))
+        .collect();
+    // Threads known to be another runtime's are not candidates; those with
+    // a slot outside any runtime (a plain thread that made an instrumented
+    // call) are as unknown as those without.
+    let elsewhere: Vec<i64> = slots
+        .iter()
+        .filter(|s| s.info.runtime.is_some())
+        .map(|s| s.info.os_tid)
+        .collect();
+    // Unknown threads named as known workers are (tokio's default name when
+    // none is known) are read first: a process may have more threads than
+    // one search reads.
+    let worker_names: Vec<String> = slots
+        .iter()
+        .filter(|s| s.is_worker)
+        .filter_map(|s| s.info.name.as_deref().map(comm))
+        .chain(std::iter::once(comm("tokio-runtime-worker")))
+        .collect();
+    let mut unknown: Vec<ProcessThread> = process_threads()
+        .into_iter()
+        .filter(|t| !elsewhere.contains(&t.tid) && !taken.contains(&t.tid))
+        .collect();
+    unknown.sort_by_key(|t| (!worker_names.contains(&t.name), t.tid));
+    let unknown = unknown
+        .into_iter()
+        .take(MAX_UNKNOWN)
+        .map(|t| (t.tid, Some(t.name), None, 0));
+    let mut patience = ON_CPU_PATIENCE;
+    let mut first = Vec::new();
+    // Why a known worker could not be read, by runtime.
+    let mut unreadable: Vec<(Option<tokio::runtime::Id>, NotFound)> = Vec::new();
+    for (tid, name, known, completed) in known.into_iter().chain(unknown) {
+        let switches = stack::voluntary_switches(tid);
+        let seen = |outer| Seen {
+            tid,
+            name,
+            known,
+            outer,
+            switches,
+            completed,
+        };
+        match sample_waiting(tid, &mut patience) {
+            Ok(sample) => match polling_part(symbolizer, &sample) {
+                Ok(Some(outer)) => first.push(seen(Some(outer))),
+                Ok(None) => {}
+                Err(why) => unreadable.push((None, why)),
+            },
+            Err(NoStack::OnCpu) if known.is_some() => first.push(seen(None)),
+            Err(NoStack::OnCpu | NoStack::Gone) => {}
+            Err(why) => {
+                if known.is_some() {
+                    unreadable.push((known, NotFound::Stack(why)));
+                }
+            }
+        }
+    }
+    let mut stuck: Vec<(u8, Seen, Option<Sample>)> = Vec::new();
+    if !first.is_empty() {
+        for (_, poke) in wanted {
+            poke();
+        }
+        std::thread::sleep(SETTLE);
+        let progressed: Vec<(i64, u64)> = crate::instrument::slot::snapshot()
+            .iter()
+            .map(|s| (s.info.os_tid, s.last_completed))
+            .collect();
+        for seen in first {
+            // It completed an instrumented poll meanwhile (the heartbeat,
+            // maybe on a thread not known before): not stuck.
+            if progressed
+                .iter()
+                .any(|&(tid, completed)| tid == seen.tid && completed != seen.completed)
+            {
+                continue;
+            }
+            let quiet =
+                seen.switches.is_some() && stack::voluntary_switches(seen.tid) == seen.switches;
+            match &seen.outer {
+                Some(outer) => {
+                    let Ok(again) = sample_waiting(seen.tid, &mut patience) else {
+                        continue;
+                    };
+                    if polling_part(symbolizer, &again).ok().flatten().as_ref() == Some(outer) {
+                        // 0: waiting in one call; 1: gave up its CPU meanwhile.
+                        stuck.push((u8::from(!quiet), seen, Some(again)));
+                    }
+                }
+                None => {
+                    if quiet && stack::on_cpu(seen.tid) == Some(true) {
+                        stuck.push((2, seen, None));
+                    }
+                }
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(wanted.len());
+    for (id, _) in wanted {
+        let why = unreadable
+            .iter()
+            .find(|(r, _)| r.is_none() || *r == Some(*id))
+            .map(|(_, why)| why.clone());
+        out.push(pick(&mut stuck, *id, why));
+    }
+    out
+}
+
+/// Takes the stuck thread of one stall of runtime `id` out of `stuck`: the
+/// best rank, this runtime's known workers first (another stall of it
+/// takes the next); an unknown thread only when it is the one of its rank;
+/// a thread on a CPU only when nothing could not be read (`unreadable`).
+fn pick(
+    stuck: &mut Vec<(u8, Seen, Option<Sample>)>,
+    id: tokio::runtime::Id,
+    unreadable: Option<NotFound>,
+) -> Found {
+    let mine = |seen: &Seen| seen.known == Some(id) || seen.known.is_none();
+    let not_found = |why: Option<NotFound>| why.unwrap_or(NotFound::Stack(NoStack::NotFound));
+    let Some(best) = stuck
+        .iter()
+        .filter(|(_, s, _)| mine(s))
+        .map(|(rank, _, _)| *rank)
+        .min()
+    else {
+        return Err(not_found(unreadable));
+    };
+    let of_rank: Vec<usize> = (0..stuck.len())
+        .filter(|&i| stuck[i].0 == best && mine(&stuck[i].1))
+        .collect();
+    let chosen = match of_rank.iter().find(|&&i| stuck[i].1.known == Some(id)) {
+        Some(&i) if best < 2 || unreadable.is_none() => i,
+        Some(_) => return Err(not_found(unreadable)),
+        None if of_rank.len() == 1 && best < 2 => of_rank[0],
+        None if of_rank.is_empty() => return Err(not_found(unreadable)),
+        None => {
+            return Err(NotFound::Because(
+                "several threads are stuck in a task's poll, and which one is this runtime's could not be told",
+            ))
+        }
+    };
+    let (_, seen, sample) = stuck.swap_remove(chosen);
+    Ok((seen.tid, seen.name, sample))
+}
+
+/// Finds the thread that drives a current-thread runtime whose heartbeat
+/// never ran: the one thread inside tokio's current-thread scheduler and
+/// not known to drive another runtime (`others`). `Ok(None)`: no thread is.
+pub(crate) fn find_current_thread_driver(
+    symbolizer: &mut Symbolizer,
+    others: &[i64],
+) -> Result<Option<i64>, NotFound> {
+    let mut found = Vec::new();
+    let mut unreadable = None;
+    let pid = i64::from(std::process::id());
+    // The main thread first: it is where `block_on` is most often called.
+    let threads = std::iter::once(pid).chain(process_threads().into_iter().map(|t| t.tid));
+    for tid in threads.filter(|t| !others.contains(t)).take(MAX_UNKNOWN) {
+        match stack::sample(tid, false) {
+            Ok(sample) => match stack::role(symbolizer, &sample.frames) {
+                Some(role) if role.current_thread => found.push(tid),
+                Some(_) if !sample.complete => {
+                    unreadable = Some(NotFound::Because(
+                        "the walk of a thread's stack stopped before it could be told whether it drives the runtime",
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    return Err(NotFound::Because(
+                        "the executable has no symbol table to tell tokio's frames by",
+                    ))
+                }
+            },
+            Err(NoStack::Gone) => {}
+            Err(NoStack::OnCpu) => {
+                unreadable = Some(NotFound::Because(
+                    "a thread that may drive it is on a CPU, and was not signalled",
+                ))
+            }
+            Err(why) => unreadable = Some(NotFound::Stack(why)),
+        }
+    }
+    match (found.as_slice(), unreadable) {
+        ([tid], _) => Ok(Some(*tid)),
+        ([], None) => Ok(None),
+        ([], Some(why)) => Err(why),
+        _ => Err(NotFound::Because(
+            "several threads drive current-thread runtimes, and which one drives this one could not be told",
+        )),
+    }
+}
