@@ -1,0 +1,363 @@
+//! The ways a worker blocks: each case is application code that blocks for
+//! [`block`] in a different way, returns what its call returned (to compare
+//! with what it returns unwatched), and notes, just before it blocks, its
+//! own callers as the standard library's unwinder sees them ([`truth`]).
+
+use std::future::Future;
+use std::hint::black_box;
+use std::io::{Read as _, Write as _};
+use std::pin::Pin;
+use std::sync::{Arc, Barrier, Condvar, Mutex, RwLock};
+use std::time::Duration;
+
+/// How long each case blocks, in milliseconds (set from the command line).
+pub(crate) static BLOCK_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(3000);
+
+/// How long each case blocks.
+pub(crate) fn block() -> Duration {
+    Duration::from_millis(BLOCK_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+/// The callers of the blocking function as `std::backtrace` sees them,
+/// captured by [`truth`] (and named only after the call, in [`callers`]).
+pub(crate) static TRUTH: Mutex<Option<std::backtrace::Backtrace>> = Mutex::new(None);
+
+/// Notes the calling function's callers (itself first): the frames are
+/// captured now, named later.
+#[inline(never)]
+pub(crate) fn truth() {
+    *TRUTH.lock().unwrap() = Some(std::backtrace::Backtrace::force_capture());
+    *crate::BLOCKED_AT.lock().unwrap() = Some(std::time::Instant::now());
+}
+
+/// The names of the callers [`truth`] captured, innermost first.
+pub(crate) fn callers() -> Vec<String> {
+    let Some(bt) = TRUTH.lock().unwrap().take() else {
+        return Vec::new();
+    };
+    bt.to_string()
+        .lines()
+        .filter_map(|l| {
+            let (n, name) = l.trim_start().split_once(": ")?;
+            n.parse::<usize>().ok()?;
+            Some(name.trim().to_owned())
+        })
+        .skip_while(|n| !n.contains("cases::truth"))
+        .skip(1)
+        .collect()
+}
+
+/// A case: its name, what it returns unwatched, the function that must be
+/// the report's culprit, and how it runs.
+pub(crate) struct Case {
+    pub(crate) name: &'static str,
+    pub(crate) expected: &'static str,
+    pub(crate) culprit: &'static str,
+    pub(crate) run: fn() -> Pin<Box<dyn Future<Output = String> + Send>>,
+}
+
+macro_rules! sync_case {
+    ($f:expr) => {
+        || Box::pin(async { $f() })
+    };
+}
+
+/// Every case.
+pub(crate) fn all() -> Vec<Case> {
+    const P: &str = "loopwatch_evidence_matrix::cases::";
+    let c = |name, expected, culprit: &'static str, run| Case {
+        name,
+        expected,
+        culprit: if culprit.starts_with('<') {
+            culprit
+        } else {
+            Box::leak(format!("{P}{culprit}").into_boxed_str())
+        },
+        run,
+    };
+    vec![
+        c("sleep", "slept", "sleeps", sync_case!(sleeps)),
+        c("mutex_first", "locked 1", "locks_held::{{closure}}", sync_case!(locks_first)),
+        c("mutex_later", "locked 2", "locks_held::{{closure}}", sync_case!(locks_later)),
+        c("condvar", "timed out", "waits_on_condvar", sync_case!(waits_on_condvar)),
+        c("rwlock", "wrote 1", "writes_rwlock", sync_case!(writes_rwlock)),
+        c("fifo", "read 1", "reads_fifo", sync_case!(reads_fifo)),
+        c("tcp", "read 1", "reads_tcp", sync_case!(reads_tcp)),
+        c("child", "exit 0", "waits_for_child", sync_case!(waits_for_child)),
+        c("c_callback", "sorted", "compares", sync_case!(sorts)),
+        c(
+            "dyn_trait",
+            "slept",
+            "<loopwatch_evidence_matrix::cases::Sleeper as loopwatch_evidence_matrix::cases::Wait>::wait",
+            sync_case!(through_dyn),
+        ),
+        c("closure", "slept", "with_closure::{{closure}}", sync_case!(with_closure)),
+        c("generic", "slept 7", "waits_generic", sync_case!(generic)),
+        c("async_chain", "slept", "inner::{{closure}}", || Box::pin(outer())),
+        c("instrument_blocking", "slept", "instrumented", sync_case!(instrumented)),
+        c("retry_loop", "gave up after 30", "retries", sync_case!(retries)),
+    ]
+}
+
+#[inline(never)]
+fn sleeps() -> String {
+    truth();
+    std::thread::sleep(block());
+    black_box("slept".to_owned())
+}
+
+/// Locks `lock` while another thread holds it for `hold`.
+fn contend(
+    lock: &Arc<Mutex<u32>>,
+    hold: Duration,
+    mut locked: impl FnMut(&Arc<Mutex<u32>>) -> u32,
+) -> u32 {
+    let held = Arc::new(Barrier::new(2));
+    let holder = {
+        let (lock, held) = (lock.clone(), held.clone());
+        std::thread::spawn(move || {
+            let mut guard = lock.lock().unwrap();
+            held.wait();
+            std::thread::sleep(hold);
+            *guard += 1;
+        })
+    };
+    held.wait();
+    let value = locked(lock);
+    holder.join().unwrap();
+    value
+}
+
+/// Locks a mutex another thread holds for the whole block.
+fn locks_held(lock: &Arc<Mutex<u32>>) -> String {
+    let value = contend(lock, block(), |l| {
+        truth();
+        let v = *l.lock().unwrap();
+        black_box(v)
+    });
+    format!("locked {value}")
+}
+
+#[inline(never)]
+fn locks_first() -> String {
+    locks_held(&Arc::new(Mutex::new(0)))
+}
+
+/// A contended lock after an earlier one (its frames are stale below).
+#[inline(never)]
+fn locks_later() -> String {
+    let lock = Arc::new(Mutex::new(0));
+    contend(&lock, Duration::from_millis(50), |l| *l.lock().unwrap());
+    locks_held(&lock)
+}
+
+#[inline(never)]
+fn waits_on_condvar() -> String {
+    let pair = (Mutex::new(false), Condvar::new());
+    let guard = pair.0.lock().unwrap();
+    truth();
+    let (_guard, timeout) = pair.1.wait_timeout(guard, block()).unwrap();
+    black_box(
+        if timeout.timed_out() {
+            "timed out"
+        } else {
+            "woken"
+        }
+        .to_owned(),
+    )
+}
+
+#[inline(never)]
+fn writes_rwlock() -> String {
+    let lock = Arc::new(RwLock::new(0u32));
+    let held = Arc::new(Barrier::new(2));
+    let reader = {
+        let (lock, held) = (lock.clone(), held.clone());
+        std::thread::spawn(move || {
+            let guard = lock.read().unwrap();
+            held.wait();
+            std::thread::sleep(block());
+            drop(guard);
+        })
+    };
+    held.wait();
+    truth();
+    let mut guard = lock.write().unwrap();
+    *guard += 1;
+    let value = *guard;
+    drop(guard);
+    reader.join().unwrap();
+    black_box(format!("wrote {value}"))
+}
+
+#[inline(never)]
+fn reads_fifo() -> String {
+    let path = std::env::temp_dir().join(format!(
+        "loopwatch-matrix-fifo-{}-{}",
+        std::process::id(),
+        crate::unique()
+    ));
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let writer = {
+        let path = path.clone();
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            std::thread::sleep(block());
+            f.write_all(b"x").unwrap();
+        })
+    };
+    let mut file = std::fs::File::open(&path).unwrap();
+    let mut buf = [0u8; 8];
+    truth();
+    let n = file.read(&mut buf).unwrap();
+    writer.join().unwrap();
+    let _ = std::fs::remove_file(&path);
+    black_box(format!("read {n}"))
+}
+
+#[inline(never)]
+fn reads_tcp() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        std::thread::sleep(block());
+        s.write_all(b"x").unwrap();
+    });
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let mut buf = [0u8; 8];
+    truth();
+    let n = stream.read(&mut buf).unwrap();
+    server.join().unwrap();
+    black_box(format!("read {n}"))
+}
+
+#[inline(never)]
+fn waits_for_child() -> String {
+    let secs = format!("{:.1}", block().as_secs_f64());
+    let mut child = std::process::Command::new("sleep")
+        .arg(secs)
+        .spawn()
+        .unwrap();
+    truth();
+    let status = child.wait().unwrap();
+    black_box(format!("exit {}", status.code().unwrap_or(-1)))
+}
+
+/// A comparator that blocks, called by libc's `qsort`: C frames between
+/// this and [`sorts`].
+extern "C" fn compares(a: *const libc::c_void, b: *const libc::c_void) -> libc::c_int {
+    static BLOCKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !BLOCKED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        truth();
+        std::thread::sleep(block());
+    }
+    // SAFETY: qsort hands pointers to two elements of the i32 array.
+    let (a, b) = unsafe { (*a.cast::<i32>(), *b.cast::<i32>()) };
+    a.cmp(&b) as libc::c_int
+}
+
+#[inline(never)]
+fn sorts() -> String {
+    let mut values = [3i32, 1, 2];
+    // SAFETY: an i32 array, its length and size, and a comparator of i32s.
+    unsafe {
+        libc::qsort(
+            values.as_mut_ptr().cast(),
+            values.len(),
+            std::mem::size_of::<i32>(),
+            Some(compares),
+        );
+    }
+    black_box(
+        if values == [1, 2, 3] {
+            "sorted"
+        } else {
+            "unsorted"
+        }
+        .to_owned(),
+    )
+}
+
+/// Something that waits, called through a trait object.
+pub(crate) trait Wait {
+    fn wait(&self) -> String;
+}
+
+struct Sleeper;
+
+impl Wait for Sleeper {
+    #[inline(never)]
+    fn wait(&self) -> String {
+        truth();
+        std::thread::sleep(block());
+        black_box("slept".to_owned())
+    }
+}
+
+#[inline(never)]
+fn through_dyn() -> String {
+    let waiter: &dyn Wait = black_box(&Sleeper);
+    waiter.wait()
+}
+
+#[inline(never)]
+fn run_it<F: FnOnce() -> String>(f: F) -> String {
+    f()
+}
+
+#[inline(never)]
+fn with_closure() -> String {
+    let block = black_box(block());
+    run_it(move || {
+        truth();
+        std::thread::sleep(block);
+        black_box("slept".to_owned())
+    })
+}
+
+#[inline(never)]
+fn waits_generic<T: std::fmt::Display>(value: T) -> String {
+    truth();
+    std::thread::sleep(block());
+    black_box(format!("slept {value}"))
+}
+
+fn generic() -> String {
+    waits_generic(black_box(7u8))
+}
+
+async fn inner() -> String {
+    truth();
+    std::thread::sleep(block());
+    tokio::task::yield_now().await;
+    black_box("slept".to_owned())
+}
+
+async fn outer() -> String {
+    let out = inner().await;
+    tokio::task::yield_now().await;
+    out
+}
+
+#[loopwatch::instrument_blocking]
+fn instrumented() -> String {
+    truth();
+    std::thread::sleep(block());
+    black_box("slept".to_owned())
+}
+
+/// A call stuck in a retry loop that wakes every 100 ms (as SQLite's busy
+/// handler does): one poll, many short sleeps.
+#[inline(never)]
+fn retries() -> String {
+    truth();
+    let mut tries = 0;
+    while tries < 30 {
+        std::thread::sleep(block() / 30);
+        tries += 1;
+    }
+    black_box(format!("gave up after {tries}"))
+}
