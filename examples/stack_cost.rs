@@ -3,7 +3,7 @@
 //! and that report's latency past the stall threshold, each in a fresh
 //! process (this example runs itself as the child), for a stuck thread
 //! waiting in the kernel (a sleep: read from outside) and one on a CPU (a
-//! spin: signalled). With sampling on it also prints the time the watchdog
+//! spin: sampled by the kernel with `perf_event_open`). With sampling on it also prints the time the watchdog
 //! thread spent reading the stuck thread (state, stack copy, unwind) and
 //! symbolizing its frames, from loopwatch's debug event.
 //!

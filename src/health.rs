@@ -91,6 +91,12 @@ pub struct RecentStall {
     /// Whether that stack is complete (see
     /// [`StallReport::stack_complete`](crate::StallReport::stack_complete)).
     pub stack_complete: Option<bool>,
+    /// How that stack was taken (see
+    /// [`StallReport::stack_method`](crate::StallReport::stack_method)).
+    pub stack_method: Option<String>,
+    /// Why there is no stack, when there is none (see
+    /// [`StallReport::stack_missing`](crate::StallReport::stack_missing)).
+    pub stack_missing: Option<String>,
     /// Why the stall could not be confirmed, when it could not (see
     /// [`StallReport::unconfirmed`](crate::StallReport::unconfirmed)).
     pub unconfirmed: Option<String>,

@@ -82,13 +82,14 @@
 //!   ([`StallReport::spans`]).
 //! - `stacks` (default): the stuck thread's stack and culprit in stall
 //!   reports (Linux on x86_64), read from outside the thread when it waits
-//!   in the kernel, with a real-time signal only when it is stuck on a CPU,
-//!   and walked right in release builds without frame pointers (every frame
+//!   in the kernel, sampled by the kernel (`perf_event_open`) when it is
+//!   stuck on a CPU, never signalled ([`StallReport::stack_method`]), and
+//!   walked right in release builds without frame pointers (every frame
 //!   verified, [`StallReport::stack_complete`]); keep
 //!   `debug = "limited"` in the release profile for the names of inlined
-//!   functions. Without the feature no signal handler is installed,
-//!   reports carry no stack, and a current-thread runtime left undriven
-//!   after `block_on` returned is reported as stalled, marked unconfirmed.
+//!   functions. Without the feature reports carry no stack, and a
+//!   current-thread runtime left undriven after `block_on` returned is
+//!   reported as stalled, marked unconfirmed.
 //!
 //! # Minimum supported Rust version
 //!

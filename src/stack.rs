@@ -1,24 +1,32 @@
 //! Stacks of other threads, for stall reports (Linux on x86_64, feature
-//! `stacks`), taken without disturbing the thread whenever it can be.
+//! `stacks`), taken without changing what the thread's code sees: no signal
+//! is ever sent.
 //!
 //! - [`proc`]: what the kernel says about a thread (on a CPU or waiting, the
-//!   registers of a waiting thread, its blocked signals) and copies of
-//!   memory that cannot fault;
+//!   registers of a waiting thread) and copies of memory that cannot fault;
+//! - [`perf`]: a `perf_event_open` sample of a thread on a CPU, copied by
+//!   the kernel while the thread runs user code;
 //! - [`modules`]: the loaded objects and their unwind tables;
 //! - [`unwind`]: the walk of a copied stack, right without the frame
 //!   pointer (its doc says why);
-//! - [`capture`]: the real-time signal, for a stuck thread on a CPU only;
 //! - [`classify`]: the one classifier of frames, by name, inlined ones
 //!   included (tokio's scheduler, task harness and park code);
 //! - [`symbols`]: names, `file:line` and the culprit, resolved on demand.
 //!
 //! A thread waiting in the kernel (a sleep, a lock, blocking I/O: most
-//! stalls) is never signalled: its stack pointer and program counter come
+//! stalls) is read from outside: its stack pointer and program counter come
 //! from `/proc/self/task/TID/syscall`, its stack bytes are copied with
-//! `process_vm_readv`, and the walk happens on the watchdog thread. A thread
-//! on a CPU (a spin loop) is signalled, and the handler only copies its
-//! registers and stack bytes. Elsewhere, or without the feature, every
-//! function here answers "not available" and reports carry no stack.
+//! `process_vm_readv` (or read from `/proc/self/mem` where that call is
+//! refused), and the walk happens on the watchdog thread. A thread on a CPU
+//! is sampled by the kernel ([`perf`]), only when it is known to be stuck
+//! (or to decide whether a current-thread runtime's thread is); where
+//! `perf_event_open` is refused it has no stack, and the report says why. A
+//! signal is never used: one that lands while the thread is in a system
+//! call can end the call early (`EINTR`) or make it return short (a
+//! `getrandom` or `read` cut at the signal), and no look from outside can
+//! rule out that the thread enters one between the look and the signal.
+//! Elsewhere, or without the feature, every function here answers "not
+//! available" and reports carry no stack.
 
 use std::fmt;
 
@@ -33,37 +41,89 @@ pub(crate) enum NoStack {
     Gone,
     /// Not available on this platform or build, or turned off.
     Unsupported,
-    /// The signal handler could not be installed.
-    NoSignal,
-    /// The application handles loopwatch's signal.
-    SignalTaken,
-    /// The thread is on a CPU and blocks loopwatch's signal.
-    SignalBlocked,
-    /// The thread is on a CPU and not known to be stuck, so not signalled.
+    /// The thread is on a CPU and not known to be stuck, so not sampled.
     OnCpu,
-    /// The thread kept moving while its stack was copied.
+    /// The thread kept moving while its stack was read.
     KeptMoving,
-    /// The thread did not answer the signal in time.
-    Timeout,
     /// No thread of the runtime could be told to be the stuck one.
     NotFound,
+    /// `perf_event_open` was refused (its errno): a thread on a CPU cannot
+    /// be sampled.
+    PerfRefused(i32),
+    /// The thread stayed inside the kernel on a CPU for the whole sampling
+    /// window (a long system call): its user code was never seen running.
+    InKernel,
+    /// Sampled while on a CPU, but it did not run meanwhile (it went to
+    /// wait in the kernel); read again from outside.
+    NotRunning,
+    /// The thread exists, but `/proc/self/task/TID` cannot be read (a
+    /// `/proc` mounted without it, or hidden).
+    ProcUnreadable,
+    /// Memory of the process cannot be copied: `process_vm_readv` and
+    /// `/proc/self/mem` both refused (the errno of the first).
+    MemoryRefused(i32),
 }
 
 impl fmt::Display for NoStack {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            NoStack::Gone => "the thread exited",
-            NoStack::Unsupported => "stacks are not available on this platform or build",
-            NoStack::NoSignal => "the stack signal handler could not be installed",
-            NoStack::SignalTaken => {
-                "the application handles loopwatch's stack signal, and the thread is on a CPU"
+        match self {
+            NoStack::Gone => f.write_str("the thread exited"),
+            NoStack::Unsupported => {
+                f.write_str("stacks are not available on this platform or build")
             }
-            NoStack::SignalBlocked => "the thread is on a CPU and blocks loopwatch's stack signal",
-            NoStack::OnCpu => "the thread is on a CPU and not known to be stuck",
-            NoStack::KeptMoving => "the thread kept moving while its stack was read",
-            NoStack::Timeout => "the thread did not answer the stack signal in time",
-            NoStack::NotFound => "the stuck worker thread could not be told from the others",
-        })
+            NoStack::OnCpu => f.write_str("the thread is on a CPU and not known to be stuck"),
+            NoStack::KeptMoving => f.write_str("the thread kept moving while its stack was read"),
+            NoStack::NotFound => {
+                f.write_str("the stuck worker thread could not be told from the others")
+            }
+            NoStack::PerfRefused(errno) => {
+                #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
+                {
+                    f.write_str(&perf::refusal(*errno))
+                }
+                #[cfg(not(all(target_os = "linux", target_arch = "x86_64", feature = "stacks")))]
+                {
+                    write!(f, "perf_event_open was refused (errno {errno})")
+                }
+            }
+            NoStack::InKernel => f.write_str(
+                "the thread is on a CPU inside the kernel (a long system call) and was never \
+                 seen in its own code while it was sampled; it is not signalled, since a signal \
+                 would cut that call short",
+            ),
+            NoStack::NotRunning => f.write_str("the thread stopped running while it was sampled"),
+            NoStack::ProcUnreadable => f.write_str(
+                "/proc/self/task cannot be read for the thread (/proc is not mounted there, \
+                 or is hidden), so its registers cannot be read",
+            ),
+            NoStack::MemoryRefused(errno) => write!(
+                f,
+                "the kernel refused to copy the thread's stack: process_vm_readv failed \
+                 (errno {errno}) and /proc/self/mem could not be read (a seccomp filter, \
+                 or a hardened /proc)"
+            ),
+        }
+    }
+}
+
+/// How a stack was taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)]
+pub(crate) enum Method {
+    /// The thread waited in the kernel: registers from
+    /// `/proc/self/task/TID/syscall`, the stack copied from outside.
+    Proc,
+    /// The thread ran user code: a `perf_event_open` sample.
+    Perf,
+}
+
+impl Method {
+    /// The name shown in reports ([`crate::StallReport::stack_method`]).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Method::Proc => "proc",
+            Method::Perf => "perf",
+        }
     }
 }
 
@@ -78,8 +138,8 @@ pub(crate) struct Sample {
     pub(crate) complete: bool,
     /// Where the walk stopped, when it did not.
     pub(crate) stopped: Option<&'static str>,
-    /// Whether the thread was signalled (it was on a CPU).
-    pub(crate) signalled: bool,
+    /// How it was taken (on a CPU: [`Method::Perf`]).
+    pub(crate) method: Method,
 }
 
 /// A stack in words.
@@ -92,11 +152,11 @@ pub(crate) struct Symbolized {
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
-mod capture;
-#[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
 mod classify;
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
 mod modules;
+#[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
+mod perf;
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
 mod symbols;
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
@@ -110,16 +170,15 @@ pub(crate) use symbols::Symbolizer;
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
 mod linux {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use parking_lot::Mutex;
 
     use super::modules::Modules;
     use super::proc::{self, Syscall};
-    use super::{capture, NoStack, Sample};
+    use super::{perf, Method, NoStack, Sample};
 
-    /// How long a signalled thread has to answer.
-    const SIGNAL_TIMEOUT: Duration = Duration::from_millis(100);
+    /// Bytes of stack copied above the stack pointer of a waiting thread.
+    const WINDOW: usize = 64 * 1024;
 
     /// The loaded objects, replaced whole when new ones are found: the lock
     /// is held only to take or swap the `Arc`, never during a walk or a
@@ -156,30 +215,30 @@ mod linux {
         walk
     }
 
-    /// Installs the stack signal's handler (the default signal unless
-    /// `signal` names another); called when the watchdog starts.
-    pub(crate) fn install(signal: Option<i32>) -> Result<(), NoStack> {
-        capture::install(signal.unwrap_or_else(capture::default_signal))
-    }
-
     /// Takes thread `tid`'s stack. A thread waiting in the kernel is read
-    /// from outside; a thread on a CPU is signalled only if `may_signal`.
-    pub(crate) fn sample(tid: i64, may_signal: bool) -> Result<Sample, NoStack> {
-        // A signalled walk that stopped after a few frames (the thread was
+    /// from outside; a thread on a CPU is sampled by the kernel only if
+    /// `may_sample` (it is known stuck, or whether it is must be told), and
+    /// never signalled.
+    pub(crate) fn sample(tid: i64, may_sample: bool) -> Result<Sample, NoStack> {
+        // A sampled walk that stopped after a few frames (the thread was
         // caught where the unwind tables do not reach) is taken again, up
-        // to three signals in all; the longest walk is kept.
+        // to three samples in all; the longest walk is kept.
         let mut partial: Option<Sample> = None;
+        let mut last_error = NoStack::KeptMoving;
         for _ in 0..3 {
-            match proc::syscall(tid).ok_or(NoStack::Gone)? {
+            let Some(state) = proc::syscall(tid) else {
+                return partial.ok_or_else(|| proc::missing(tid));
+            };
+            match state {
                 Syscall::Blocked { line, sp, pc } => {
-                    let mut stack = vec![0u8; capture::WINDOW];
-                    let len = proc::copy_memory(sp, &mut stack);
+                    let mut stack = vec![0u8; WINDOW];
+                    let len = proc::read_stack(sp, &mut stack)?;
                     // The same registers after the copy: the thread did not
                     // move, so the bytes are the stack those registers index.
                     match proc::syscall(tid) {
                         Some(Syscall::Blocked { line: again, .. }) if again == line => {}
                         Some(_) => continue,
-                        None => return Err(NoStack::Gone),
+                        None => return Err(proc::missing(tid)),
                     }
                     let walk = walk(pc, sp, None, sp, &stack[..len]);
                     return Ok(Sample {
@@ -187,22 +246,27 @@ mod linux {
                         stopped: walk.stop.map(|s| s.describe()),
                         frames: walk.frames,
                         sps: walk.sps,
-                        signalled: false,
+                        method: Method::Proc,
                     });
                 }
-                Syscall::Running if !may_signal => return Err(NoStack::OnCpu),
+                Syscall::Running if !may_sample => return Err(NoStack::OnCpu),
                 Syscall::Running => {
-                    let i = match capture::interrupt(tid, SIGNAL_TIMEOUT) {
-                        Ok(i) => i,
+                    let taken = match perf::sample(tid, perf::WAIT) {
+                        Ok(taken) => taken,
+                        // It went to wait meanwhile: read it from outside.
+                        Err(NoStack::NotRunning) => {
+                            last_error = NoStack::KeptMoving;
+                            continue;
+                        }
                         Err(why) => return partial.ok_or(why),
                     };
-                    let walk = walk(i.ip, i.sp, Some(i.bp), i.sp, &i.stack);
+                    let walk = walk(taken.ip, taken.sp, Some(taken.bp), taken.sp, &taken.stack);
                     let sample = Sample {
                         complete: walk.complete(),
                         stopped: walk.stop.map(|s| s.describe()),
                         frames: walk.frames,
                         sps: walk.sps,
-                        signalled: true,
+                        method: Method::Perf,
                     };
                     // A deep stack that ran past the window is kept as it is.
                     if sample.complete || sample.frames.len() >= 8 {
@@ -217,7 +281,7 @@ mod linux {
                 }
             }
         }
-        partial.ok_or(NoStack::KeptMoving)
+        partial.ok_or(last_error)
     }
 
     /// Loads the unwind tables (once per process), so that the first stall
@@ -230,17 +294,13 @@ mod linux {
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
 use linux::modules as linux_modules;
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
-pub(crate) use linux::{install, sample, warm_up};
+pub(crate) use linux::{sample, warm_up};
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64", feature = "stacks")))]
 mod unsupported {
     use super::{NoStack, Sample, Symbolized};
 
-    pub(crate) fn install(_signal: Option<i32>) -> Result<(), NoStack> {
-        Err(NoStack::Unsupported)
-    }
-
-    pub(crate) fn sample(_tid: i64, _may_signal: bool) -> Result<Sample, NoStack> {
+    pub(crate) fn sample(_tid: i64, _may_sample: bool) -> Result<Sample, NoStack> {
         Err(NoStack::Unsupported)
     }
 

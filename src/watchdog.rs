@@ -55,3 +55,5 @@ pub(crate) use process::ProcessStats;
 pub(crate) use publish::{connection_dropped, describe_all};
 #[cfg(feature = "exporter")]
 pub(crate) use runtimes::RuntimeSample;
+// What a slow poll's accounting reads.
+pub(crate) use runtimes::poll_held_a_worker;

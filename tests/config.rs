@@ -240,6 +240,7 @@ fn bad_runtime_names_are_refused() {
 
 #[cfg(target_os = "linux")]
 #[test]
+#[allow(deprecated)]
 fn a_stack_signal_outside_the_real_time_range_is_refused() {
     let _serial = serial();
     for signal in [0, 9, 15, 1000] {

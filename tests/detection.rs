@@ -449,7 +449,7 @@ fn mixed_workers_on_a_handle_only_runtime_report_only_the_stuck_one() {
 }
 
 #[test]
-fn block_in_place_is_not_a_stall() {
+fn block_in_place_is_not_a_stall_nor_a_slow_poll() {
     let _serial = serial();
     let (watchdog, reports) = start(STALL, CHECK);
     let rt = multi_thread(2);
@@ -468,9 +468,17 @@ fn block_in_place_is_not_a_stall() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
+    let slow_before = watchdog.health().tasks.slow_polls;
+    // Beside it, a poll that does hold its worker 300 ms: a slow poll.
+    let held =
+        rt.spawn(async { std::thread::sleep(Duration::from_millis(300)) }.watched("bip.held"));
     rt.block_on(task).unwrap();
     rt.block_on(ticks).unwrap();
+    rt.block_on(held).unwrap();
     reports.assert_none();
+    // The block_in_place poll held no worker: not a slow poll. The other is.
+    std::thread::sleep(CHECK * 4);
+    assert_eq!(watchdog.health().tasks.slow_polls - slow_before, 1);
 }
 
 /// Under `--cfg tokio_unstable`, loopwatch's task poll hooks record every

@@ -54,6 +54,27 @@ pub(crate) struct Case {
     pub(crate) expected: &'static str,
     pub(crate) culprit: &'static str,
     pub(crate) run: fn() -> Pin<Box<dyn Future<Output = String> + Send>>,
+    /// Where it spends its time: [`Shape::Waits`] in the kernel,
+    /// [`Shape::Runs`] its own code on a CPU, [`Shape::InKernel`] mostly
+    /// inside system calls on a CPU.
+    pub(crate) shape: Shape,
+    /// Whether the worker is stuck (`false`: nothing may be reported).
+    pub(crate) stalls: bool,
+    /// The kinds of runtime it runs on (`None`: every kind).
+    pub(crate) kinds: Option<&'static [&'static str]>,
+}
+
+/// Where a case spends its time while it blocks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Shape {
+    /// Waiting in the kernel: read from outside.
+    Waits,
+    /// On a CPU, in its own code most of the time: sampled by the kernel
+    /// (no stack, with the reason, where `perf_event_open` is refused).
+    Runs,
+    /// On a CPU, inside system calls most of the time: a stack when the
+    /// kernel's sample lands in user code, else none with the reason.
+    InKernel,
 }
 
 macro_rules! sync_case {
@@ -74,7 +95,11 @@ pub(crate) fn all() -> Vec<Case> {
             Box::leak(format!("{P}{culprit}").into_boxed_str())
         },
         run,
+        shape: Shape::Waits,
+        stalls: true,
+        kinds: None,
     };
+    let shaped = |case: Case, shape| Case { shape, ..case };
     vec![
         c("sleep", "slept", "sleeps", sync_case!(sleeps)),
         c("mutex_first", "locked 1", "locks_held::{{closure}}", sync_case!(locks_first)),
@@ -96,7 +121,183 @@ pub(crate) fn all() -> Vec<Case> {
         c("async_chain", "slept", "inner::{{closure}}", || Box::pin(outer())),
         c("instrument_blocking", "slept", "instrumented", sync_case!(instrumented)),
         c("retry_loop", "gave up after 30", "retries", sync_case!(retries)),
+        // What a look at a thread on a CPU must never change.
+        shaped(c("spin", "spun", "spins", sync_case!(spins)), Shape::Runs),
+        shaped(
+            c("getrandom", "0 short", "draws_random", sync_case!(draws_random)),
+            Shape::InKernel,
+        ),
+        shaped(
+            c("urandom", "0 short", "reads_urandom", sync_case!(reads_urandom)),
+            Shape::InKernel,
+        ),
+        shaped(
+            c("sendfile", "0 short", "sends_file", sync_case!(sends_file)),
+            Shape::InKernel,
+        ),
+        shaped(
+            c("spin_poll", "0 interrupted", "spins_then_polls", sync_case!(spins_then_polls)),
+            Shape::Runs,
+        ),
+        shaped(
+            c(
+                "spin_nanosleep",
+                "0 interrupted",
+                "spins_then_sleeps",
+                sync_case!(spins_then_sleeps),
+            ),
+            Shape::Runs,
+        ),
+        Case {
+            stalls: false,
+            kinds: Some(&["current"]),
+            ..shaped(
+                c("undriven", "0 short", "draws_random", || Box::pin(async { String::new() })),
+                Shape::InKernel,
+            )
+        },
     ]
+}
+
+/// The cases a look at a thread on a CPU could disturb.
+pub(crate) const ON_CPU: &[&str] = &[
+    "spin",
+    "getrandom",
+    "urandom",
+    "sendfile",
+    "spin_poll",
+    "spin_nanosleep",
+    "undriven",
+];
+
+/// Spins in its own code (clock reads and compares).
+#[inline(never)]
+fn spins() -> String {
+    truth();
+    let limit = block();
+    let began = std::time::Instant::now();
+    while began.elapsed() < limit {
+        std::hint::spin_loop();
+    }
+    black_box("spun".to_owned())
+}
+
+const BIG: usize = 64 << 20;
+
+/// Fills 64 MiB with `getrandom` again and again; counts short returns.
+#[inline(never)]
+pub(crate) fn draws_random() -> String {
+    truth();
+    let mut buf = vec![0u8; BIG];
+    let limit = block();
+    let began = std::time::Instant::now();
+    let mut short = 0;
+    while began.elapsed() < limit {
+        // SAFETY: getrandom into our own buffer of that length.
+        let n = unsafe { libc::getrandom(buf.as_mut_ptr().cast(), buf.len(), 0) };
+        short += usize::from(n != BIG as isize);
+    }
+    black_box(format!("{short} short"))
+}
+
+/// Reads 64 MiB from `/dev/urandom` again and again; counts short reads.
+#[inline(never)]
+fn reads_urandom() -> String {
+    let mut file = std::fs::File::open("/dev/urandom").unwrap();
+    truth();
+    let mut buf = vec![0u8; BIG];
+    let limit = block();
+    let began = std::time::Instant::now();
+    let mut short = 0;
+    while began.elapsed() < limit {
+        // One read(2) each, as `Read::read` is.
+        let n = file.read(&mut buf).unwrap_or(0);
+        short += usize::from(n != BIG);
+    }
+    black_box(format!("{short} short"))
+}
+
+/// Copies a 64 MiB in-memory file to another with `sendfile`, again and
+/// again; counts short copies.
+#[inline(never)]
+fn sends_file() -> String {
+    // SAFETY: memfd_create with a literal name; the descriptors are ours.
+    let (from, to) = unsafe {
+        (
+            libc::memfd_create(c"from".as_ptr(), 0),
+            libc::memfd_create(c"to".as_ptr(), 0),
+        )
+    };
+    assert!(from >= 0 && to >= 0);
+    // SAFETY: sizing our own memfd.
+    unsafe { libc::ftruncate(from, BIG as libc::off_t) };
+    truth();
+    let limit = block();
+    let began = std::time::Instant::now();
+    let mut short = 0;
+    while began.elapsed() < limit {
+        let mut offset: libc::off_t = 0;
+        // SAFETY: both descriptors are open; the kernel copies.
+        let n = unsafe {
+            libc::lseek(to, 0, libc::SEEK_SET);
+            libc::sendfile(to, from, &mut offset, BIG)
+        };
+        short += usize::from(n != BIG as isize);
+    }
+    // SAFETY: closing our descriptors.
+    unsafe {
+        libc::close(from);
+        libc::close(to);
+    }
+    black_box(format!("{short} short"))
+}
+
+/// Spins 300 us in its own code, then waits 1 ms in `poll(2)`, again and
+/// again; counts the polls that did not time out.
+#[inline(never)]
+fn spins_then_polls() -> String {
+    truth();
+    let limit = block();
+    let began = std::time::Instant::now();
+    let mut interrupted = 0;
+    while began.elapsed() < limit {
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_micros(300) {
+            std::hint::spin_loop();
+        }
+        // SAFETY: poll with no descriptors is a 1 ms sleep.
+        let rc = unsafe { libc::poll(std::ptr::null_mut(), 0, 1) };
+        interrupted += usize::from(rc != 0);
+    }
+    black_box(format!("{interrupted} interrupted"))
+}
+
+/// Spins 300 us in its own code, then sleeps 1 ms in `nanosleep`, again and
+/// again; counts the sleeps cut short.
+#[inline(never)]
+fn spins_then_sleeps() -> String {
+    truth();
+    let limit = block();
+    let began = std::time::Instant::now();
+    let mut interrupted = 0;
+    while began.elapsed() < limit {
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < Duration::from_micros(300) {
+            std::hint::spin_loop();
+        }
+        let ask = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1_000_000,
+        };
+        let mut left = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: nanosleep with valid timespecs.
+        let rc = unsafe { libc::nanosleep(&ask, &mut left) };
+        interrupted += usize::from(rc != 0);
+    }
+    black_box(format!("{interrupted} interrupted"))
 }
 
 #[inline(never)]

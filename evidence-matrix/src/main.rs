@@ -44,17 +44,32 @@ pub(crate) fn unique() -> u64 {
 /// When the case began to block (set by [`cases::truth`]).
 pub(crate) static BLOCKED_AT: Mutex<Option<Instant>> = Mutex::new(None);
 
+#[path = "../../tests/support/seccomp.rs"]
+mod seccomp;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.first().map(String::as_str) == Some("--child") {
-        // --child CASE KIND THRESHOLD_MS BLOCK_MS [--name-callers]
+        // --child CASE KIND THRESHOLD_MS BLOCK_MS [--name-callers] [--deny-perf] [--deny-vm-readv]
         let ms = |i: usize| args.get(i).and_then(|a| a.parse::<u64>().ok());
         let (Some(threshold), Some(block)) = (ms(3), ms(4)) else {
             eprintln!("evidence matrix: --child CASE KIND THRESHOLD_MS BLOCK_MS");
             return ExitCode::from(2);
         };
         cases::BLOCK_MS.store(block, Ordering::Relaxed);
-        let name_callers = args.get(5).map(String::as_str) == Some("--name-callers");
+        let flag = |f: &str| args[5..].iter().any(|a| a == f);
+        let name_callers = flag("--name-callers");
+        // A hardened service: a seccomp filter refuses these calls.
+        let mut denied = Vec::new();
+        if flag("--deny-perf") {
+            denied.push((libc::SYS_perf_event_open, libc::EACCES));
+        }
+        if flag("--deny-vm-readv") {
+            denied.push((libc::SYS_process_vm_readv, libc::EPERM));
+        }
+        if !denied.is_empty() {
+            seccomp::deny(&denied);
+        }
         return child(
             &args[1],
             &args[2],
@@ -127,6 +142,20 @@ fn child(case_name: &str, kind: &str, threshold: Duration, name_callers: bool) -
             watchdog.watch_runtime("m", rt.handle()).unwrap();
             rt.block_on(rt.spawn(future)).unwrap()
         }
+        "current" if !case.stalls => {
+            // Driven once, then left: its thread works on without driving
+            // it. Nobody is stuck.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            watchdog.watch_runtime("m", rt.handle()).unwrap();
+            rt.block_on(async {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                future.await
+            });
+            cases::draws_random()
+        }
         "current" => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -165,6 +194,11 @@ struct Settings {
     stripped: bool,
     only: Option<Vec<String>>,
     kinds: Vec<String>,
+    /// Which cases: the ways of blocking (`evidence`), the calls a look at a
+    /// thread on a CPU could disturb (`interference`), or `all`.
+    set: String,
+    deny_perf: bool,
+    deny_vm_readv: bool,
 }
 
 fn settings(args: &[String]) -> Result<Settings, String> {
@@ -183,6 +217,9 @@ fn settings(args: &[String]) -> Result<Settings, String> {
         stripped: false,
         only: None,
         kinds: KINDS.iter().map(|k| (*k).to_owned()).collect(),
+        set: "evidence".to_owned(),
+        deny_perf: false,
+        deny_vm_readv: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -201,11 +238,20 @@ fn settings(args: &[String]) -> Result<Settings, String> {
             "--stripped" => s.stripped = true,
             "--only" => s.only = Some(value()?.split(',').map(str::to_owned).collect()),
             "--kinds" => s.kinds = value()?.split(',').map(str::to_owned).collect(),
+            "--set" => s.set = value()?,
+            "--deny-perf" => s.deny_perf = true,
+            "--deny-vm-readv" => s.deny_vm_readv = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
     if s.threshold_ms < 100 || s.block_ms < 2 * s.threshold_ms {
         return Err("--threshold-ms is at least 100 and --block-ms at least twice it".to_owned());
+    }
+    if !["evidence", "interference", "all"].contains(&s.set.as_str()) {
+        return Err(format!(
+            "unknown --set {}; sets: evidence, interference, all",
+            s.set
+        ));
     }
     if let Some(bad) = s.kinds.iter().find(|k| !KINDS.contains(&k.as_str())) {
         return Err(format!("unknown kind {bad}; kinds: {}", KINDS.join(", ")));
@@ -224,9 +270,17 @@ fn parent(args: &[String]) -> Result<bool, String> {
                 .as_ref()
                 .is_none_or(|o| o.iter().any(|n| n == c.name))
         })
+        .filter(|c| match s.set.as_str() {
+            "evidence" => !cases::ON_CPU.contains(&c.name),
+            "interference" => cases::ON_CPU.contains(&c.name),
+            _ => true,
+        })
         .collect();
     println!(
-        "evidence matrix, {} profile: {} cases x {} kinds, {} runs each, {} CPU hogs beside; threshold {} ms, each call blocks {} ms",
+        "evidence matrix ({}{}{}), {} profile: {} cases x {} kinds, {} runs each, {} CPU hogs beside; threshold {} ms, each call blocks {} ms",
+        s.set,
+        if s.deny_perf { ", perf_event_open denied" } else { "" },
+        if s.deny_vm_readv { ", process_vm_readv denied" } else { "" },
         s.label,
         cases.len(),
         s.kinds.len(),
@@ -251,7 +305,9 @@ fn parent(args: &[String]) -> Result<bool, String> {
     for _ in 0..s.runs {
         for case in &cases {
             for kind in &s.kinds {
-                jobs.push((case, kind.clone()));
+                if case.kinds.is_none_or(|k| k.contains(&kind.as_str())) {
+                    jobs.push((case, kind.clone()));
+                }
             }
         }
     }
@@ -278,6 +334,8 @@ fn parent(args: &[String]) -> Result<bool, String> {
                 .args(["--child", case.name, kind])
                 .args([s.threshold_ms.to_string(), s.block_ms.to_string()])
                 .args(ask.then_some("--name-callers"))
+                .args(s.deny_perf.then_some("--deny-perf"))
+                .args(s.deny_vm_readv.then_some("--deny-vm-readv"))
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
@@ -428,6 +486,18 @@ fn check(
         ));
     }
     let report = &out["report"];
+    if !case.stalls {
+        // Nobody is stuck: nothing is reported, or, when the thread could
+        // not be read (it stays inside system calls), a stall marked
+        // unconfirmed with the reason, and no stack to blame.
+        let unconfirmed = report["unconfirmed"].as_str().is_some();
+        return match report.is_null() || (unconfirmed && report["culprit"].is_null()) {
+            true => Ok(()),
+            false => Err(format!(
+                "nobody was stuck, and a stall was reported: {report}"
+            )),
+        };
+    }
     if report.is_null() {
         return Err("no stall reported".to_owned());
     }
@@ -440,9 +510,41 @@ fn check(
     }
     let backtrace = report["backtrace"].as_str();
     let culprit = report["culprit"].as_str();
+    let missing = report["stack_missing"].as_str();
+    // A thread on a CPU has a stack only from the kernel's sample: none
+    // where perf_event_open is refused, and none when the samples never land
+    // in its own code (a long system call); then the report says why.
+    let may_lack = match case.shape {
+        cases::Shape::Waits => false,
+        cases::Shape::Runs => settings.deny_perf,
+        cases::Shape::InKernel => true,
+    };
+    if backtrace.is_none() && may_lack {
+        let Some(why) = missing else {
+            return Err("no stack, and no reason given".to_owned());
+        };
+        if settings.deny_perf
+            && case.shape == cases::Shape::Runs
+            && !why.contains("perf_event_open")
+        {
+            return Err(format!("no stack, and not the real reason: {why}"));
+        }
+        return Ok(());
+    }
     if let Some(why) = report["unconfirmed"].as_str() {
-        if !stripped {
+        if !stripped && !may_lack {
             return Err(format!("reported as unconfirmed: {why}"));
+        }
+    }
+    let method = report["stack_method"].as_str();
+    if backtrace.is_some() {
+        let expected = match (case.shape, case.name) {
+            (cases::Shape::Waits, _) => Some("proc"),
+            (_, "spin") => Some("perf"),
+            _ => None,
+        };
+        if expected.is_some_and(|m| method != Some(m)) {
+            return Err(format!("stack taken by {method:?}, expected {expected:?}"));
         }
     }
     if stripped {

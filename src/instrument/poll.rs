@@ -112,12 +112,25 @@ pub(crate) fn account_task_poll<T>(entry: &'static NameEntry, polled: &Polled<T>
     polled.counts.add(|s| &s.poll_ns, took);
     entry.tasks.polls.record(took, polled.timed);
     if took >= SETTINGS.blocking_ns() {
-        slow_poll(entry, took);
+        slow_poll(entry, polled.start, took);
     }
 }
 
 #[cold]
-fn slow_poll(entry: &'static NameEntry, took: u64) {
+fn slow_poll(entry: &'static NameEntry, start: u64, took: u64) {
+    // A poll whose thread handed its worker to another thread
+    // (`block_in_place`) or was not a worker (a `block_on` inside
+    // `spawn_blocking`) held no worker up: tokio ran the worker's tasks
+    // elsewhere meanwhile. Not a slow poll.
+    if crate::watchdog::poll_held_a_worker(start) == Some(false) {
+        tracing::debug!(
+            target: "loopwatch",
+            task = entry.name,
+            poll_seconds = took as f64 / 1e9,
+            "a long poll held no worker (its thread handed the worker off, as block_in_place does, or is not a worker)"
+        );
+        return;
+    }
     entry.tasks.slow_polls.fetch_add(1, Relaxed);
     if SLOW_POLL_LOG.ready() {
         tracing::warn!(

@@ -72,23 +72,85 @@ pub(crate) fn voluntary_switches(_tid: i64) -> Option<u64> {
     None
 }
 
-/// Whether the thread blocks signal `sig` (`SigBlk` in its status).
+/// Why a thread's `/proc` entry could not be read: it exited, or it lives
+/// and `/proc` does not show it (`tgkill` with signal 0 sends nothing: it
+/// only asks whether the thread exists).
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
-pub(crate) fn blocks_signal(tid: i64, sig: i32) -> Option<bool> {
-    let status = std::fs::read_to_string(format!("/proc/self/task/{tid}/status")).ok()?;
-    let mask = status
-        .lines()
-        .find_map(|l| l.strip_prefix("SigBlk:"))
-        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())?;
-    let bit = u32::try_from(sig).ok()?.checked_sub(1)?;
-    Some(bit < 64 && mask & (1 << bit) != 0)
+pub(crate) fn missing(tid: i64) -> super::NoStack {
+    // SAFETY: tgkill with signal 0 delivers no signal.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_tgkill,
+            libc::c_long::from(libc::getpid()),
+            tid as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    if rc == 0 {
+        super::NoStack::ProcUnreadable
+    } else {
+        super::NoStack::Gone
+    }
+}
+
+/// How memory is copied: 0 not tried yet, 1 `process_vm_readv`, 2
+/// `/proc/self/mem` (the first was refused), 3 neither works.
+#[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
+static MEMORY: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+/// The errno with which `process_vm_readv` was refused.
+#[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
+static REFUSED: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// Copies the stack above `sp` into `out`; `Err` only when the kernel
+/// refuses every way of reading memory.
+#[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
+pub(crate) fn read_stack(sp: u64, out: &mut [u8]) -> Result<usize, super::NoStack> {
+    let n = copy_memory(sp, out);
+    if n == 0 && MEMORY.load(std::sync::atomic::Ordering::Relaxed) == 3 {
+        return Err(super::NoStack::MemoryRefused(
+            REFUSED.load(std::sync::atomic::Ordering::Relaxed),
+        ));
+    }
+    Ok(n)
 }
 
 /// Copies up to `out.len()` bytes of this process's memory from `addr`,
 /// stopping at the first unreadable page; returns how many were copied.
-/// Never faults: the kernel does the reading (`process_vm_readv`).
+/// Never faults: the kernel does the reading, with `process_vm_readv`, or
+/// where a seccomp filter refuses that call, with `pread` of
+/// `/proc/self/mem`.
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
 pub(crate) fn copy_memory(addr: u64, out: &mut [u8]) -> usize {
+    use std::sync::atomic::Ordering;
+    loop {
+        match MEMORY.load(Ordering::Relaxed) {
+            0 | 1 => match copy_vm(addr, out) {
+                Ok(n) => {
+                    MEMORY.store(1, Ordering::Relaxed);
+                    return n;
+                }
+                Err(errno) => {
+                    REFUSED.store(errno, Ordering::Relaxed);
+                    MEMORY.store(2, Ordering::Relaxed);
+                    tracing::debug!(target: "loopwatch", errno, "process_vm_readv refused; stacks are read from /proc/self/mem");
+                }
+            },
+            2 => match copy_mem_file(addr, out) {
+                Ok(n) => return n,
+                Err(errno) => {
+                    MEMORY.store(3, Ordering::Relaxed);
+                    tracing::warn!(target: "loopwatch", errno, process_vm_readv_errno = REFUSED.load(Ordering::Relaxed), "the kernel refuses to copy this process's memory (process_vm_readv and /proc/self/mem): stall reports carry no stack");
+                }
+            },
+            _ => return 0,
+        }
+    }
+}
+
+/// `process_vm_readv` on this process; `Err(errno)` when the call itself is
+/// refused (not for an unreadable address, which ends the copy).
+#[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
+fn copy_vm(addr: u64, out: &mut [u8]) -> Result<usize, i32> {
     let mut done = 0;
     while done < out.len() {
         let local = libc::iovec {
@@ -102,12 +164,48 @@ pub(crate) fn copy_memory(addr: u64, out: &mut [u8]) -> usize {
         // SAFETY: `local` is our own writable buffer; the kernel checks
         // `remote` and reports a fault as an error or a short count.
         let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-        if n <= 0 {
+        if n < 0 {
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            if done == 0 && !matches!(errno, libc::EFAULT | libc::ESRCH | libc::ENOMEM) {
+                return Err(errno);
+            }
+            break;
+        }
+        if n == 0 {
             break;
         }
         done += n as usize;
     }
-    done
+    Ok(done)
+}
+
+/// `pread` of `/proc/self/mem`, a page at a time up to the first unreadable
+/// one; `Err(errno)` when the file cannot be opened or read at all.
+#[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
+fn copy_mem_file(addr: u64, out: &mut [u8]) -> Result<usize, i32> {
+    use std::os::unix::fs::FileExt;
+    static FILE: std::sync::OnceLock<Result<std::fs::File, i32>> = std::sync::OnceLock::new();
+    let file = FILE
+        .get_or_init(|| {
+            std::fs::File::open("/proc/self/mem").map_err(|e| e.raw_os_error().unwrap_or(0))
+        })
+        .as_ref()
+        .map_err(|e| *e)?;
+    const PAGE: u64 = 4096;
+    let mut done = 0usize;
+    while done < out.len() {
+        let at = addr + done as u64;
+        let chunk = ((PAGE - at % PAGE) as usize).min(out.len() - done);
+        match file.read_at(&mut out[done..done + chunk], at) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            // An unmapped page reads as EIO: the copy ends there.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EIO | libc::EFAULT)) => break,
+            Err(e) if done == 0 => return Err(e.raw_os_error().unwrap_or(0)),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
 }
 
 #[cfg(all(test, target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
@@ -137,6 +235,32 @@ mod tests {
         ));
         assert_eq!(parse_syscall(""), None);
         assert_eq!(parse_syscall("230 zz"), None);
+    }
+
+    #[test]
+    fn proc_self_mem_copies_like_process_vm_readv() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let mut out = vec![0u8; data.len()];
+        assert_eq!(
+            copy_mem_file(data.as_ptr() as u64, &mut out),
+            Ok(data.len())
+        );
+        assert_eq!(out, data);
+        let mut small = [0u8; 64];
+        assert_eq!(
+            copy_mem_file(8, &mut small),
+            Ok(0),
+            "page zero is never mapped"
+        );
+    }
+
+    #[test]
+    fn a_live_thread_missing_from_proc_is_not_called_gone() {
+        assert_eq!(
+            missing(crate::stack::current_tid()),
+            super::super::NoStack::ProcUnreadable
+        );
+        assert_eq!(missing(i64::from(i32::MAX)), super::super::NoStack::Gone);
     }
 
     #[test]

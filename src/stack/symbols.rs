@@ -548,7 +548,11 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(50));
         let sample = crate::stack::sample(tid, false).unwrap();
         sleeper.join().unwrap();
-        assert!(!sample.signalled, "a sleeping thread is read from outside");
+        assert_eq!(
+            sample.method,
+            crate::stack::Method::Proc,
+            "a sleeping thread is read from outside"
+        );
         let symbolized = symbolize(&sample.frames, false).unwrap();
         assert!(
             symbolized.text.contains("std::thread::functions::sleep"),

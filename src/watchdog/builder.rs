@@ -152,11 +152,12 @@ impl WatchdogBuilder {
     }
 
     /// Whether the watchdog takes a stuck thread's stack (Linux on x86_64).
-    /// A thread waiting in the kernel is read from outside, never signalled;
-    /// only a stuck thread on a CPU is sent a real-time signal
-    /// (`SIGRTMIN + 6`, installed when the watchdog starts unless the
-    /// application handles that signal), whose handler copies its registers
-    /// and stack and returns. The stack goes into the stall report
+    /// No thread is ever signalled: a thread waiting in the kernel is read
+    /// from outside (`/proc/self/task/TID/syscall` and a copy of its stack),
+    /// and a stuck thread running on a CPU is sampled by the kernel with
+    /// `perf_event_open` (where that is refused, as by many container
+    /// seccomp profiles, it has no stack and the report says why:
+    /// [`StallReport::stack_missing`]). The stack goes into the stall report
     /// ([`StallReport::backtrace`], [`StallReport::culprit`]); it is also how a
     /// current-thread runtime stuck in a poll is told from one that nobody
     /// drives, and how the stuck worker of a runtime known only by its
@@ -169,11 +170,13 @@ impl WatchdogBuilder {
         self
     }
 
-    /// The real-time signal used to take stacks (Linux), if `SIGRTMIN + 6`
-    /// is taken by something else in the process: a number between
-    /// `SIGRTMIN` and `SIGRTMAX`. The handler stays installed after the
-    /// watchdog stops (a signal still in flight must not meet the default
-    /// action, which ends the process).
+    /// Has no effect: loopwatch no longer installs a signal handler nor sends
+    /// any signal (a thread on a CPU is sampled with `perf_event_open`
+    /// instead, which cannot cut a system call short). Kept so that code
+    /// written for earlier versions builds; a value outside
+    /// `SIGRTMIN..=SIGRTMAX` is still refused by
+    /// [`start`](Self::start).
+    #[deprecated(note = "loopwatch sends no signal any more: this setting has no effect")]
     pub fn stack_signal(mut self, signal: i32) -> Self {
         self.config.stack_signal = Some(signal);
         self

@@ -73,7 +73,7 @@ enum Driven {
 pub(crate) struct Thresholds {
     pub(crate) stall_ns: u64,
     pub(crate) check_ns: u64,
-    /// Whether threads may be signalled to take their stack.
+    /// Whether stacks are taken.
     pub(crate) sample_stacks: bool,
 }
 
@@ -132,6 +132,7 @@ impl RuntimeMonitor {
     /// Reads the runtime's metrics and heartbeat.
     pub(crate) fn sample(&mut self, now: u64) {
         self.beat = self.entry.beat.view();
+        let mut known = true;
         for (i, w) in self.workers.iter_mut().enumerate() {
             let triple = sample(&self.entry.handle, i);
             if triple != w.last {
@@ -139,6 +140,14 @@ impl RuntimeMonitor {
                 w.changed_at = now;
                 w.changed_after = self.last_sample;
             }
+            known &= w.last.is_some();
+            let running = w
+                .last
+                .is_some_and(|(park_unpark, _, _)| park_unpark % 2 == 0);
+            self.entry.board.set(i, running, w.changed_after);
+        }
+        if known {
+            self.entry.board.observed(now);
         }
         self.last_sample = now;
     }
@@ -454,8 +463,9 @@ impl RuntimeMonitor {
             unknown("the thread that drives it is not known".to_owned())
         } else {
             // A driver thread waiting in the kernel is read from outside; one
-            // on a CPU while its runtime stands still is signalled (it runs
-            // user code, so no call of its is interrupted).
+            // on a CPU while its runtime stands still is sampled by the
+            // kernel (never signalled: it may be doing anything, a system
+            // call included, and a signal could cut that call short).
             match crate::stack::sample(key.driver_tid, true) {
                 Ok(sample) => match self.driver_role(symbolizer, &sample) {
                     Some(true) => Driven::Yes,

@@ -3,8 +3,9 @@
 //! the culprit frame, taken once per report and compared with the previous
 //! one at escalations.
 //!
-//! Only a thread known to be stuck is ever signalled, and only when it is on
-//! a CPU; every other stack is read from outside ([`crate::stack`]).
+//! No thread is ever signalled: a thread waiting in the kernel is read from
+//! outside, and only a thread known to be stuck and running on a CPU is
+//! sampled by the kernel ([`crate::stack`]).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -99,6 +100,11 @@ impl EvidenceCollector {
                     tid = found;
                     sample = taken;
                 }
+                // A current-thread runtime whose driver could not be
+                // found: the reason detection met says why.
+                Some(Err(_)) if report.unconfirmed.is_some() => {
+                    report.stack_missing = report.unconfirmed.clone();
+                }
                 Some(Err(why)) => report.stack_missing = Some(why.to_string()),
                 None => {}
             }
@@ -120,7 +126,7 @@ impl EvidenceCollector {
                 // A thread caught on a CPU for a moment (a stuck call that
                 // wakes now and then) is given a few milliseconds to wait
                 // again, to be read from outside; one that stays on its CPU
-                // is known stuck, and may be signalled.
+                // is known stuck, and is sampled by the kernel.
                 let mut patience = super::threads::ON_CPU_PATIENCE;
                 match super::threads::sample_waiting(tid, &mut patience) {
                     Err(stack::NoStack::OnCpu) => stack::sample(tid, true),
@@ -131,12 +137,19 @@ impl EvidenceCollector {
         let sample = match sample {
             Ok(sample) => sample,
             Err(why) => {
+                if matches!(
+                    why,
+                    stack::NoStack::InKernel | stack::NoStack::PerfRefused(_)
+                ) {
+                    report.cpu_bound = Some(true);
+                }
                 report.stack_missing = Some(why.to_string());
                 return;
             }
         };
-        // Read from outside: it was waiting; signalled: it stayed on its CPU.
-        report.cpu_bound = Some(sample.signalled);
+        // Read from outside: it was waiting; sampled: it ran on its CPU.
+        report.cpu_bound = Some(sample.method == stack::Method::Perf);
+        report.stack_method = Some(sample.method.name());
         let read = began.elapsed();
         let symbolizer = self.symbolizer.get_or_insert_with(Default::default);
         if let Some(symbolized) = symbolizer.symbolize(&sample.frames, self.full_stacks) {
@@ -158,7 +171,7 @@ impl EvidenceCollector {
         tracing::debug!(
             target: "loopwatch",
             os_tid = tid,
-            signalled = sample.signalled,
+            method = sample.method.name(),
             complete = sample.complete,
             read_seconds = read.as_secs_f64(),
             seconds = began.elapsed().as_secs_f64(),

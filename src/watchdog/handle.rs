@@ -202,15 +202,6 @@ impl Watchdog {
             stopped: AtomicBool::new(false),
         });
         if shared.config.sample_stacks {
-            // The handler is installed now, not at the first stall, so that
-            // an application installing its own handler later takes the
-            // signal over (and loopwatch then sends it no more).
-            match crate::stack::install(shared.config.stack_signal) {
-                Ok(()) | Err(crate::stack::NoStack::Unsupported) => {}
-                Err(why) => {
-                    tracing::warn!(target: "loopwatch", "threads on a CPU will have no stack in stall reports: {why}");
-                }
-            }
             // Load the symbol tables before a stall needs them (once per process).
             let _ = std::thread::Builder::new()
                 .name("loopwatch-symbols".into())
@@ -300,14 +291,17 @@ impl Watchdog {
         if watched_from_inside {
             beat.set_driver_to_current_thread();
         }
-        runtimes.push(Arc::new(RuntimeEntry {
+        let entry = Arc::new(RuntimeEntry {
             name: Arc::from(name),
             serial: shared.next_serial.fetch_add(1, Relaxed),
             handle: handle.clone(),
             beat,
             watched_at: crate::clock::now_ns(),
             watched_from_inside,
-        }));
+            board: super::runtimes::WorkerBoard::new(handle),
+        });
+        super::runtimes::publish(&entry);
+        runtimes.push(entry);
         Ok(())
     }
 

@@ -36,6 +36,8 @@ impl RecentStalls {
             culprit: report.culprit.clone(),
             backtrace: report.backtrace.clone(),
             stack_complete: report.stack_complete,
+            stack_method: report.stack_method.map(str::to_owned),
+            stack_missing: report.stack_missing.clone(),
             unconfirmed: report.unconfirmed.clone(),
             spans: report.spans.clone(),
         };

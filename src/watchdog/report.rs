@@ -74,9 +74,19 @@ pub struct StallReport {
     /// current-thread runtime without stacks). Empty otherwise, or outside
     /// any span.
     pub spans: Vec<String>,
-    /// Why there is no stack, when stack sampling is on and none was taken
-    /// (for example: the thread is on a CPU and blocks the stack signal).
+    /// Why there is no stack, when stack sampling is on and none was taken:
+    /// the real reason, for example `perf_event_open` refused (a thread on a
+    /// CPU cannot be sampled), the thread stayed inside a long system call,
+    /// the kernel refused to copy memory, `/proc` does not show the thread,
+    /// or the stuck worker of a runtime known only by its handle could not
+    /// be told apart.
     pub stack_missing: Option<String>,
+    /// How [`backtrace`](Self::backtrace) was taken, when there is one:
+    /// `"proc"`, the thread was waiting in the kernel and was read from
+    /// outside (its registers from `/proc/self/task/TID/syscall`, its stack
+    /// copied); `"perf"`, it was running its own code on a CPU and the
+    /// kernel sampled it (`perf_event_open`). No thread is ever signalled.
+    pub stack_method: Option<&'static str>,
     /// Whether [`backtrace`](Self::backtrace) goes down to the thread's
     /// first frame (`Some(true)`), or is partial (`Some(false)`): the walk
     /// stopped where it could not verify the next frame, and the text's

@@ -57,6 +57,7 @@ impl Candidate {
             spans: Vec::new(),
             stack_missing: None,
             stack_complete: None,
+            stack_method: None,
             unconfirmed: self.unconfirmed.clone(),
             cpu_bound: None,
             stack_moved: None,

@@ -1,6 +1,6 @@
 //! Finding the stuck thread of a runtime that loopwatch knows only by its
-//! handle: among the process's threads, read from outside (never
-//! signalled), without waiting for the heartbeat to have visited each
+//! handle: among the process's threads, read from outside (a few on a CPU
+//! sampled by the kernel; none signalled), without waiting for the heartbeat to have visited each
 //! worker.
 //!
 //! A multi-thread runtime's worker stuck in a task's poll has tokio's worker
@@ -26,6 +26,10 @@ pub(crate) const SETTLE: Duration = Duration::from_millis(50);
 
 /// The most threads not known to loopwatch that one search reads.
 const MAX_UNKNOWN: usize = 128;
+
+/// The most threads on a CPU that one search for a current-thread
+/// runtime's driver has the kernel sample.
+const MAX_ON_CPU_SAMPLES: usize = 4;
 
 /// A thread of this process: its kernel id and its name (`comm`).
 #[derive(Debug, Clone)]
@@ -117,6 +121,8 @@ struct Seen {
     outer: Option<Outer>,
     /// Voluntary context switches at the first look.
     switches: Option<u64>,
+    /// Whether it was on a CPU, sampled by the kernel, at the first look.
+    on_cpu: bool,
     /// The end of its last instrumented poll at the first look.
     completed: u64,
 }
@@ -155,11 +161,15 @@ pub(crate) type Found = Result<(i64, Option<String>, Option<Sample>), NotFound>;
 /// call that wakes now and then (a retry loop) is still found when it is
 /// the one candidate left.
 ///
+/// A thread on a CPU (known to be the runtime's, or named as its workers
+/// are; the first [`MAX_ON_CPU_SAMPLES`]) is sampled by the kernel, twice,
+/// and is a candidate when both samples are inside the same task poll; it
+/// ranks after the waiting ones. A known worker on a CPU that could not be
+/// sampled ranks last, and is taken only when no thread was unreadable.
+///
 /// Threads known to be a runtime's workers are that runtime's; a thread not
 /// known to loopwatch is given to a stall only when it is the one such
-/// candidate left, and a thread on a CPU only when it is known to be the
-/// runtime's (an unknown thread on a CPU may be anything, and its stack
-/// cannot be read without a signal).
+/// candidate left of its rank.
 pub(crate) fn find_stuck_workers(
     symbolizer: &mut Symbolizer,
     slots: &[SlotView],
@@ -208,27 +218,50 @@ pub(crate) fn find_stuck_workers(
         .take(MAX_UNKNOWN)
         .map(|t| (t.tid, Some(t.name), None, 0));
     let mut patience = ON_CPU_PATIENCE;
+    // Threads on a CPU that may be this runtime's workers (known ones, and
+    // unknown ones named as workers are) are sampled by the kernel (never
+    // signalled), the first few only.
+    let mut samples_left = MAX_ON_CPU_SAMPLES;
     let mut first = Vec::new();
     // Why a known worker could not be read, by runtime.
     let mut unreadable: Vec<(Option<tokio::runtime::Id>, NotFound)> = Vec::new();
     for (tid, name, known, completed) in known.into_iter().chain(unknown) {
         let switches = stack::voluntary_switches(tid);
-        let seen = |outer| Seen {
+        let worker_named = name.as_ref().is_some_and(|n| worker_names.contains(n));
+        let seen = |outer, on_cpu| Seen {
             tid,
             name,
             known,
             outer,
             switches,
+            on_cpu,
             completed,
         };
-        match sample_waiting(tid, &mut patience) {
+        let mut sample = sample_waiting(tid, &mut patience);
+        let mut on_cpu = false;
+        if sample == Err(NoStack::OnCpu) && samples_left > 0 && (known.is_some() || worker_named) {
+            samples_left -= 1;
+            on_cpu = true;
+            sample = match stack::sample(tid, true) {
+                Ok(s) => Ok(s),
+                // Not sampled (perf_event_open refused, inside the kernel):
+                // known workers are still candidates, by their state alone.
+                Err(_) => Err(NoStack::OnCpu),
+            };
+        }
+        match sample {
             Ok(sample) => match polling_part(symbolizer, &sample) {
-                Ok(Some(outer)) => first.push(seen(Some(outer))),
+                Ok(Some(outer)) => first.push(seen(Some(outer), on_cpu)),
                 Ok(None) => {}
                 Err(why) => unreadable.push((None, why)),
             },
-            Err(NoStack::OnCpu) if known.is_some() => first.push(seen(None)),
+            Err(NoStack::OnCpu) if known.is_some() => first.push(seen(None, true)),
             Err(NoStack::OnCpu | NoStack::Gone) => {}
+            // The kernel shows no thread's registers or stack: none can be
+            // told stuck, and none is picked for lack of data.
+            Err(why @ (NoStack::ProcUnreadable | NoStack::MemoryRefused(_))) => {
+                unreadable.push((None, NotFound::Stack(why)));
+            }
             Err(why) => {
                 if known.is_some() {
                     unreadable.push((known, NotFound::Stack(why)));
@@ -259,17 +292,27 @@ pub(crate) fn find_stuck_workers(
                 seen.switches.is_some() && stack::voluntary_switches(seen.tid) == seen.switches;
             match &seen.outer {
                 Some(outer) => {
-                    let Ok(again) = sample_waiting(seen.tid, &mut patience) else {
+                    let again = match sample_waiting(seen.tid, &mut patience) {
+                        Err(NoStack::OnCpu) if seen.on_cpu => stack::sample(seen.tid, true),
+                        other => other,
+                    };
+                    let Ok(again) = again else {
                         continue;
                     };
                     if polling_part(symbolizer, &again).ok().flatten().as_ref() == Some(outer) {
-                        // 0: waiting in one call; 1: gave up its CPU meanwhile.
-                        stuck.push((u8::from(!quiet), seen, Some(again)));
+                        // 0: waiting in one call; 1: gave up its CPU
+                        // meanwhile; 2: on a CPU inside the same poll.
+                        let rank = match (seen.on_cpu, quiet) {
+                            (true, _) => 2,
+                            (false, true) => 0,
+                            (false, false) => 1,
+                        };
+                        stuck.push((rank, seen, Some(again)));
                     }
                 }
                 None => {
                     if quiet && stack::on_cpu(seen.tid) == Some(true) {
-                        stuck.push((2, seen, None));
+                        stuck.push((3, seen, None));
                     }
                 }
             }
@@ -309,9 +352,9 @@ fn pick(
         .filter(|&i| stuck[i].0 == best && mine(&stuck[i].1))
         .collect();
     let chosen = match of_rank.iter().find(|&&i| stuck[i].1.known == Some(id)) {
-        Some(&i) if best < 2 || unreadable.is_none() => i,
+        Some(&i) if best < 3 || unreadable.is_none() => i,
         Some(_) => return Err(not_found(unreadable)),
-        None if of_rank.len() == 1 && best < 2 => of_rank[0],
+        None if of_rank.len() == 1 && best < 3 => of_rank[0],
         None if of_rank.is_empty() => return Err(not_found(unreadable)),
         None => {
             return Err(NotFound::Because(
@@ -335,8 +378,20 @@ pub(crate) fn find_current_thread_driver(
     let pid = i64::from(std::process::id());
     // The main thread first: it is where `block_on` is most often called.
     let threads = std::iter::once(pid).chain(process_threads().into_iter().map(|t| t.tid));
+    // Threads on a CPU are sampled by the kernel (never signalled), the
+    // first few of them only: each sample may wait for the thread to run
+    // its own code.
+    let mut samples_left = MAX_ON_CPU_SAMPLES;
     for tid in threads.filter(|t| !others.contains(t)).take(MAX_UNKNOWN) {
-        match stack::sample(tid, false) {
+        let mut patience = ON_CPU_PATIENCE / 4;
+        let sample = match sample_waiting(tid, &mut patience) {
+            Err(NoStack::OnCpu) if samples_left > 0 => {
+                samples_left -= 1;
+                stack::sample(tid, true)
+            }
+            other => other,
+        };
+        match sample {
             Ok(sample) => match stack::role(symbolizer, &sample.frames) {
                 Some(role) if role.current_thread => found.push(tid),
                 Some(_) if !sample.complete => {
@@ -354,7 +409,7 @@ pub(crate) fn find_current_thread_driver(
             Err(NoStack::Gone) => {}
             Err(NoStack::OnCpu) => {
                 unreadable = Some(NotFound::Because(
-                    "a thread that may drive it is on a CPU, and was not signalled",
+                    "more threads are on a CPU than one search samples",
                 ))
             }
             Err(why) => unreadable = Some(NotFound::Stack(why)),

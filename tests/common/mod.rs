@@ -226,3 +226,64 @@ pub fn call_counts(w: &Watchdog, name: &str, calls: u64) -> loopwatch::CallCount
     });
     found
 }
+
+/// Whether this process may sample its own threads with `perf_event_open`
+/// (a task-clock event, user code only): what loopwatch needs for the stack
+/// of a thread on a CPU.
+#[cfg(target_os = "linux")]
+pub fn perf_available() -> bool {
+    // `struct perf_event_attr` (128 bytes): type, size, config, ..., flags.
+    let mut attr = [0u64; 16];
+    attr[0] = 1 | (128 << 32); // PERF_TYPE_SOFTWARE, size
+    attr[1] = 1; // PERF_COUNT_SW_TASK_CLOCK
+    attr[2] = 1_000_000; // sample_period
+    attr[5] = 1 | (1 << 5) | (1 << 6); // disabled, exclude_kernel, exclude_hv
+                                       // SAFETY: a raw syscall with a zero-filled attribute struct of its size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            attr.as_ptr(),
+            0 as libc::c_long,
+            -1 as libc::c_long,
+            -1 as libc::c_long,
+            0 as libc::c_ulong,
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: closing the descriptor just opened.
+        unsafe { libc::close(fd as libc::c_int) };
+    }
+    fd >= 0
+}
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[path = "../support/seccomp.rs"]
+mod seccomp;
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[allow(unused_imports)]
+pub(crate) use seccomp::deny as deny_syscalls;
+
+/// Runs test `name` of this test binary again in a child process with
+/// `LOOPWATCH_TEST_CHILD` set, and asserts that it passed: for tests that
+/// change the whole process (a seccomp filter, a mount namespace). Returns
+/// `true` in the child, where the test does its work.
+pub fn in_child_process(name: &str) -> bool {
+    if std::env::var_os("LOOPWATCH_TEST_CHILD").is_some() {
+        return true;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads", "1"])
+        .env("LOOPWATCH_TEST_CHILD", "1")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "the child process running {name} failed:\n{text}"
+    );
+    false
+}
