@@ -289,12 +289,23 @@ mod linux {
     pub(crate) fn warm_up() {
         let _ = modules();
     }
+
+    /// Says once, when the watchdog starts, that threads stuck on a CPU will
+    /// have no stack because the kernel refuses `perf_event_open`.
+    pub(crate) fn check_sampling() {
+        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if let Err(errno) = perf::probe() {
+            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(target: "loopwatch", errno, "threads stuck on a CPU will have no stack in stall reports: {}", perf::refusal(errno));
+            }
+        }
+    }
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
 use linux::modules as linux_modules;
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
-pub(crate) use linux::{sample, warm_up};
+pub(crate) use linux::{check_sampling, sample, warm_up};
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64", feature = "stacks")))]
 mod unsupported {
@@ -305,6 +316,8 @@ mod unsupported {
     }
 
     pub(crate) fn warm_up() {}
+
+    pub(crate) fn check_sampling() {}
 
     /// What a thread's stack says it is doing (nothing known here).
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -481,6 +481,34 @@ fn block_in_place_is_not_a_stall_nor_a_slow_poll() {
     assert_eq!(watchdog.health().tasks.slow_polls - slow_before, 1);
 }
 
+#[test]
+fn a_watched_future_on_a_spawn_blocking_thread_is_not_a_slow_poll() {
+    let _serial = serial();
+    let (watchdog, reports) = start(STALL, CHECK);
+    let rt = multi_thread(2);
+    watchdog.watch_runtime("sb", rt.handle()).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let ticks = rt.spawn(async {
+        for _ in 0..40 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let slow_before = watchdog.health().tasks.slow_polls;
+    // A `block_on` on a blocking-pool thread: its 500 ms poll holds no
+    // worker, and the runtime's workers go on meanwhile.
+    let handle = rt.handle().clone();
+    rt.block_on(rt.spawn_blocking(move || {
+        handle.block_on(
+            async { std::thread::sleep(Duration::from_millis(500)) }.watched("sb.blocking"),
+        )
+    }))
+    .unwrap();
+    rt.block_on(ticks).unwrap();
+    reports.assert_none();
+    std::thread::sleep(CHECK * 4);
+    assert_eq!(watchdog.health().tasks.slow_polls - slow_before, 0);
+}
+
 /// Under `--cfg tokio_unstable`, loopwatch's task poll hooks record every
 /// task poll: an uninstrumented stall is named by its spawn location, and
 /// uninstrumented slow polls are progress, exactly.

@@ -47,13 +47,44 @@ fn hardened_spin() -> &'static str {
     std::hint::black_box("spun")
 }
 
+/// Log lines, kept in memory.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[test]
 fn a_thread_on_a_cpu_without_perf_event_open_has_no_stack_and_the_reason() {
     if !in_child_process("a_thread_on_a_cpu_without_perf_event_open_has_no_stack_and_the_reason") {
         return;
     }
     deny_syscalls(&[(libc::SYS_perf_event_open, libc::EACCES)]);
+    let logs = Logs::default();
+    let writer = logs.clone();
+    tracing::subscriber::set_global_default(
+        tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish(),
+    )
+    .unwrap();
     let (out, report) = stuck("no_perf", hardened_spin);
+    // Said once, when the watchdog started.
+    let text = String::from_utf8_lossy(&logs.0.lock().unwrap()).into_owned();
+    assert_eq!(
+        text.matches("threads stuck on a CPU will have no stack")
+            .count(),
+        1,
+        "{text}"
+    );
     assert_eq!(out, "spun");
     assert!(report.backtrace.is_none(), "{report:?}");
     assert_eq!(report.culprit, None, "{report:?}");

@@ -128,11 +128,32 @@ pub(crate) fn refusal(errno: i32) -> String {
     )
 }
 
-/// Takes one sample of thread `tid` while it runs user code, waiting at most
-/// `wait`. `Err(InKernel)`: the thread ran, but never in user code meanwhile;
-/// `Err(NotRunning)`: it did not run at all (it went to wait in the kernel).
-pub(crate) fn sample(tid: i64, wait: Duration) -> Result<Sampled, NoStack> {
-    let attr = Attr {
+/// Whether this process may sample its threads: opens (and closes) the
+/// event on the calling thread. `Err(errno)` when the kernel refuses.
+pub(crate) fn probe() -> Result<(), i32> {
+    let attr = attr();
+    // SAFETY: as in `sample`, on the calling thread (pid 0).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_perf_event_open,
+            &attr as *const Attr,
+            0 as libc::c_long,
+            -1 as libc::c_long,
+            -1 as libc::c_long,
+            PERF_FLAG_FD_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
+    }
+    // SAFETY: closing the descriptor just opened.
+    unsafe { libc::close(fd as libc::c_int) };
+    Ok(())
+}
+
+/// The event: the thread's CPU time, sampled in user code only.
+fn attr() -> Attr {
+    Attr {
         kind: PERF_TYPE_SOFTWARE,
         size: std::mem::size_of::<Attr>() as u32,
         config: PERF_COUNT_SW_TASK_CLOCK,
@@ -143,7 +164,14 @@ pub(crate) fn sample(tid: i64, wait: Duration) -> Result<Sampled, NoStack> {
         sample_regs_user: (1 << REG_BP) | (1 << REG_SP) | (1 << REG_IP),
         sample_stack_user: STACK_BYTES,
         ..Attr::default()
-    };
+    }
+}
+
+/// Takes one sample of thread `tid` while it runs user code, waiting at most
+/// `wait`. `Err(InKernel)`: the thread ran, but never in user code meanwhile;
+/// `Err(NotRunning)`: it did not run at all (it went to wait in the kernel).
+pub(crate) fn sample(tid: i64, wait: Duration) -> Result<Sampled, NoStack> {
+    let attr = attr();
     // SAFETY: a raw syscall with a valid attribute struct; every argument
     // passed as a full word (the call is variadic).
     let fd = unsafe {
@@ -213,8 +241,11 @@ pub(crate) fn sample(tid: i64, wait: Duration) -> Result<Sampled, NoStack> {
     match record {
         Some(sampled) => Ok(sampled),
         None => {
+            // On a CPU for at least two periods without one sample in its
+            // own code: inside the kernel. Less: it mostly waited (a call
+            // that wakes now and then), and can be read from outside.
             let ran = match (cpu_before, on_cpu_ns(tid)) {
-                (Some(a), Some(b)) => b > a,
+                (Some(a), Some(b)) => b.saturating_sub(a) >= 2 * PERIOD_NS,
                 _ => true,
             };
             Err(if ran {

@@ -202,6 +202,7 @@ impl Watchdog {
             stopped: AtomicBool::new(false),
         });
         if shared.config.sample_stacks {
+            crate::stack::check_sampling();
             // Load the symbol tables before a stall needs them (once per process).
             let _ = std::thread::Builder::new()
                 .name("loopwatch-symbols".into())

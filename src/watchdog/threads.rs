@@ -377,42 +377,32 @@ pub(crate) fn find_current_thread_driver(
     let mut unreadable = None;
     let pid = i64::from(std::process::id());
     // The main thread first: it is where `block_on` is most often called.
-    let threads = std::iter::once(pid).chain(process_threads().into_iter().map(|t| t.tid));
-    // Threads on a CPU are sampled by the kernel (never signalled), the
-    // first few of them only: each sample may wait for the thread to run
-    // its own code.
-    let mut samples_left = MAX_ON_CPU_SAMPLES;
-    for tid in threads.filter(|t| !others.contains(t)).take(MAX_UNKNOWN) {
-        let mut patience = ON_CPU_PATIENCE / 4;
-        let sample = match sample_waiting(tid, &mut patience) {
-            Err(NoStack::OnCpu) if samples_left > 0 => {
-                samples_left -= 1;
-                stack::sample(tid, true)
-            }
-            other => other,
-        };
-        match sample {
-            Ok(sample) => match stack::role(symbolizer, &sample.frames) {
-                Some(role) if role.current_thread => found.push(tid),
-                Some(_) if !sample.complete => {
-                    unreadable = Some(NotFound::Because(
-                        "the walk of a thread's stack stopped before it could be told whether it drives the runtime",
-                    ))
-                }
-                Some(_) => {}
-                None => {
-                    return Err(NotFound::Because(
-                        "the executable has no symbol table to tell tokio's frames by",
-                    ))
-                }
-            },
-            Err(NoStack::Gone) => {}
-            Err(NoStack::OnCpu) => {
+    let threads: Vec<i64> = std::iter::once(pid)
+        .chain(process_threads().into_iter().map(|t| t.tid))
+        .filter(|t| !others.contains(t))
+        .take(MAX_UNKNOWN)
+        .collect();
+    // Threads waiting in the kernel are read from outside first; threads on
+    // a CPU are sampled by the kernel (never signalled) only when none of
+    // those drives it, and the first few of them only: each sample may wait
+    // for the thread to run its own code.
+    let mut on_cpu = Vec::new();
+    for &tid in &threads {
+        match stack::sample(tid, false) {
+            Err(NoStack::OnCpu) => on_cpu.push(tid),
+            result => classify_driver(symbolizer, tid, result, &mut found, &mut unreadable)?,
+        }
+    }
+    if found.is_empty() {
+        for (i, &tid) in on_cpu.iter().enumerate() {
+            if i >= MAX_ON_CPU_SAMPLES {
                 unreadable = Some(NotFound::Because(
                     "more threads are on a CPU than one search samples",
-                ))
+                ));
+                break;
             }
-            Err(why) => unreadable = Some(NotFound::Stack(why)),
+            let result = stack::sample(tid, true);
+            classify_driver(symbolizer, tid, result, &mut found, &mut unreadable)?;
         }
     }
     match (found.as_slice(), unreadable) {
@@ -423,4 +413,39 @@ pub(crate) fn find_current_thread_driver(
             "several threads drive current-thread runtimes, and which one drives this one could not be told",
         )),
     }
+}
+
+/// Notes what one thread's stack says in the search for a current-thread
+/// runtime's driver; `Err` when no thread can be told (no symbol table).
+fn classify_driver(
+    symbolizer: &mut Symbolizer,
+    tid: i64,
+    result: Result<Sample, NoStack>,
+    found: &mut Vec<i64>,
+    unreadable: &mut Option<NotFound>,
+) -> Result<(), NotFound> {
+    match result {
+        Ok(sample) => match stack::role(symbolizer, &sample.frames) {
+            Some(role) if role.current_thread => found.push(tid),
+            Some(_) if !sample.complete => {
+                *unreadable = Some(NotFound::Because(
+                    "the walk of a thread's stack stopped before it could be told whether it drives the runtime",
+                ))
+            }
+            Some(_) => {}
+            None => {
+                return Err(NotFound::Because(
+                    "the executable has no symbol table to tell tokio's frames by",
+                ))
+            }
+        },
+        Err(NoStack::Gone) => {}
+        Err(NoStack::OnCpu) => {
+            *unreadable = Some(NotFound::Because(
+                "a thread that may drive it is on a CPU, and was not sampled",
+            ))
+        }
+        Err(why) => *unreadable = Some(NotFound::Stack(why)),
+    }
+    Ok(())
 }
