@@ -225,7 +225,11 @@ mod linux {
         // to three samples in all; the longest walk is kept.
         let mut partial: Option<Sample> = None;
         let mut last_error = NoStack::KeptMoving;
-        for _ in 0..3 {
+        let mut samples = 0;
+        // A thread that waits only a moment at a time (a loop of short
+        // sleeps) may move during a read: up to eight reads, three samples.
+        for _ in 0..8 {
+            let before = proc::timeslices(tid);
             let Some(state) = proc::syscall(tid) else {
                 return partial.ok_or_else(|| proc::missing(tid));
             };
@@ -233,10 +237,13 @@ mod linux {
                 Syscall::Blocked { line, sp, pc } => {
                     let mut stack = vec![0u8; WINDOW];
                     let len = proc::read_stack(sp, &mut stack)?;
-                    // The same registers after the copy: the thread did not
-                    // move, so the bytes are the stack those registers index.
+                    // The same registers after the copy, and the thread not
+                    // put on a CPU in between (a loop re-entering the same
+                    // call shows the same registers): the bytes are the
+                    // stack those registers index.
                     match proc::syscall(tid) {
-                        Some(Syscall::Blocked { line: again, .. }) if again == line => {}
+                        Some(Syscall::Blocked { line: again, .. })
+                            if again == line && proc::timeslices(tid) == before => {}
                         Some(_) => continue,
                         None => return Err(proc::missing(tid)),
                     }
@@ -250,7 +257,9 @@ mod linux {
                     });
                 }
                 Syscall::Running if !may_sample => return Err(NoStack::OnCpu),
+                Syscall::Running if samples >= 3 => break,
                 Syscall::Running => {
+                    samples += 1;
                     let taken = match perf::sample(tid, perf::WAIT) {
                         Ok(taken) => taken,
                         // It went to wait meanwhile: read it from outside.

@@ -56,6 +56,15 @@ fn parse_syscall(text: &str) -> Option<Syscall> {
     })
 }
 
+/// How many times the thread has been put on a CPU
+/// (`/proc/self/task/TID/schedstat`, third field): unchanged across two
+/// reads only if it did not run in between.
+#[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
+pub(crate) fn timeslices(tid: i64) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+    text.split_whitespace().nth(2)?.parse().ok()
+}
+
 /// How many times the thread gave up its CPU by itself (to wait in the
 /// kernel): a thread stuck in one blocking call does not add to it.
 #[cfg(target_os = "linux")]
