@@ -225,6 +225,10 @@ pub(crate) fn find_stuck_workers(
     let mut first = Vec::new();
     // Why a known worker could not be read, by runtime.
     let mut unreadable: Vec<(Option<tokio::runtime::Id>, NotFound)> = Vec::new();
+    // Why a thread on a CPU, named as workers are but not known to be one,
+    // could not be sampled: the reason given when nothing is found, but no
+    // bar to picking a known worker (it may be no worker of these runtimes).
+    let mut unsampled: Option<NotFound> = None;
     for (tid, name, known, completed) in known.into_iter().chain(unknown) {
         let switches = stack::voluntary_switches(tid);
         let worker_named = name.as_ref().is_some_and(|n| worker_names.contains(n));
@@ -246,7 +250,14 @@ pub(crate) fn find_stuck_workers(
                 Ok(s) => Ok(s),
                 // Not sampled (perf_event_open refused, inside the kernel):
                 // known workers are still candidates, by their state alone.
-                Err(_) => Err(NoStack::OnCpu),
+                Err(why) => {
+                    if known.is_none() && unsampled.is_none() {
+                        if let NoStack::PerfRefused(_) = why {
+                            unsampled = Some(NotFound::Stack(why));
+                        }
+                    }
+                    Err(NoStack::OnCpu)
+                }
             };
         }
         match sample {
@@ -324,7 +335,14 @@ pub(crate) fn find_stuck_workers(
             .iter()
             .find(|(r, _)| r.is_none() || *r == Some(*id))
             .map(|(_, why)| why.clone());
-        out.push(pick(&mut stuck, *id, why));
+        let found = pick(&mut stuck, *id, why);
+        // Nothing found where a possible worker could not be sampled: that
+        // is the reason, not "could not be told".
+        let found = match (found, &unsampled) {
+            (Err(NotFound::Stack(NoStack::NotFound)), Some(why)) => Err(why.clone()),
+            (found, _) => found,
+        };
+        out.push(found);
     }
     out
 }
