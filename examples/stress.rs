@@ -33,7 +33,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::{Arc, Barrier, Mutex};
 use std::time::{Duration, Instant};
 
-use loopwatch::{Exporter, StallReport, Watchdog};
+use loopwatch::{Exporter, StallCause, StallReport, Watchdog};
 
 #[path = "support/measure.rs"]
 mod measure;
@@ -428,6 +428,17 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         .map(|(_, r)| r.to_string())
         .collect();
     check("false stalls", "[]".into(), format!("{unexpected:?}"));
+    // Why each was stuck: the sleeps blocked, the spin on a CPU (busy, or
+    // starved where the machine had no CPU free for it).
+    let wrong_causes: Vec<String> = firsts
+        .iter()
+        .filter(|(_, r)| match r.task.as_deref() {
+            Some("fault.spin") => !matches!(r.cause, StallCause::Busy | StallCause::Starved),
+            _ => r.cause != StallCause::Blocked,
+        })
+        .map(|(_, r)| format!("{:?}: {}", r.task, r))
+        .collect();
+    check("wrong causes", "[]".into(), format!("{wrong_causes:?}"));
     // Detection latency: report time minus the stall's start, per injected stall.
     let starts = starts.lock().unwrap().clone();
     let mut latencies = Vec::new();
@@ -528,6 +539,11 @@ fn run() -> Result<bool, Box<dyn std::error::Error>> {
         "stalls counted on 'service'",
         (6 + soak_stalls).to_string(),
         series("loopwatch_stalls_total{runtime=\"service\"}"),
+    );
+    check(
+        "stalls by cause on 'ct' (blocked)",
+        "1".into(),
+        series("loopwatch_stalls_by_cause_total{runtime=\"ct\",cause=\"blocked\"}"),
     );
     let spawned = background_spawned.load(std::sync::atomic::Ordering::Relaxed);
     check(

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::{CpuAccount, StallCause};
+
 /// Overall verdict of a [`Health`] snapshot. Ordered by severity:
 /// `Healthy < Degraded < Stalled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Default)]
@@ -103,6 +105,12 @@ pub struct RecentStall {
     /// The `tracing` spans it was in, outermost first (see
     /// [`StallReport::spans`](crate::StallReport::spans)).
     pub spans: Vec<String>,
+    /// Why it was stuck, as of its last report (see
+    /// [`StallReport::cause`](crate::StallReport::cause)).
+    pub cause: StallCause,
+    /// What its thread did with its time, as of its last report (see
+    /// [`StallReport::cpu`](crate::StallReport::cpu)).
+    pub cpu: Option<CpuAccount>,
 }
 
 /// One watched runtime.
@@ -148,6 +156,12 @@ pub struct StalledWorker {
     /// Why the stall could not be confirmed, when it could not (see
     /// [`StallReport::unconfirmed`](crate::StallReport::unconfirmed)).
     pub unconfirmed: Option<String>,
+    /// Why it is stuck, as of its last report (see
+    /// [`StallReport::cause`](crate::StallReport::cause)).
+    pub cause: StallCause,
+    /// What its thread did with its time, as of its last report (see
+    /// [`StallReport::cpu`](crate::StallReport::cpu)).
+    pub cpu: Option<CpuAccount>,
 }
 
 /// Outcomes of tasks spawned through loopwatch.
@@ -204,4 +218,26 @@ pub struct ProcessHealth {
     pub open_fds: u64,
     /// Threads.
     pub threads: u64,
+    /// The CPU limit of the process's cgroup in cores (quota / period),
+    /// where one is set (the tightest of its cgroup and their ancestors).
+    pub cpu_limit_cores: Option<f64>,
+    /// How long that CPU limit held the cgroup's threads back, in all.
+    pub cpu_throttled_seconds: Option<f64>,
+    /// Enforcement periods (usually 100 ms) in which it held them back.
+    pub cpu_throttled_periods: Option<u64>,
+    /// The memory limit of the process's cgroup, where one is set.
+    pub memory_limit_bytes: Option<u64>,
+    /// The cgroup's memory in use that cannot be dropped on demand (use
+    /// minus inactive file pages): what the OOM killer goes by. Within 10 %
+    /// of the limit, health is `degraded`.
+    pub memory_working_set_bytes: Option<u64>,
+    /// Pauses of the whole process seen (SIGSTOP, a frozen cgroup, a paused
+    /// VM): no thread of it ran. Never counted as stalls.
+    pub pauses: u64,
+    /// Their time in all.
+    pub paused_seconds: f64,
+    /// How long the last pause was.
+    pub last_pause_seconds: Option<f64>,
+    /// How long ago it ended.
+    pub last_pause_ago_seconds: Option<f64>,
 }

@@ -62,7 +62,11 @@
 //! On Linux, every report carries the stuck thread's stack where the thread
 //! can be found, and a current-thread runtime that looks stuck is told apart
 //! from one nobody drives by its driver thread's stack (see
-//! [`WatchdogBuilder::sample_stacks`]).
+//! [`WatchdogBuilder::sample_stacks`]). Every report says why the worker
+//! is stuck ([`StallReport::cause`]: blocked in the kernel, busy on a CPU,
+//! or starved of one by a CPU limit, other load or the host), from what its
+//! thread did with its time during the stall ([`StallReport::cpu`]); a pause
+//! of the whole process (SIGSTOP, a frozen cgroup) is never a stall.
 //!
 //! # Where things live
 //!
@@ -171,7 +175,7 @@ pub use instrument::watched::{WatchExt, Watched};
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use loopwatch_macros::instrument_blocking;
-pub use watchdog::{StallReport, Watchdog, WatchdogBuilder};
+pub use watchdog::{CpuAccount, StallCause, StallReport, Throttling, Watchdog, WatchdogBuilder};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]

@@ -34,6 +34,30 @@ pub const REPORTS_SUPPRESSED_TOTAL: &str = "loopwatch_reports_suppressed_total";
 /// Stalls whose stuck thread was on a CPU when first reported: a CPU hog
 /// rather than a blocking call (counter, `runtime`).
 pub const CPU_BOUND_STALLS_TOTAL: &str = "loopwatch_cpu_bound_stalls_total";
+/// Stalls by why the worker is stuck, counted at their first report
+/// (counter, `runtime`, `cause`: `blocked`, `busy`, `starved`, `unknown`;
+/// see [`StallCause`](crate::StallCause)).
+pub const STALLS_BY_CAUSE_TOTAL: &str = "loopwatch_stalls_by_cause_total";
+/// Pauses of the whole process seen (SIGSTOP, a frozen cgroup, a paused
+/// VM), never counted as stalls (counter, no label).
+pub const PROCESS_PAUSES_TOTAL: &str = "loopwatch_process_pauses_total";
+/// Time the whole process was paused (counter, no label).
+pub const PROCESS_PAUSED_SECONDS_TOTAL: &str = "loopwatch_process_paused_seconds_total";
+/// The CPU limit of the process's cgroup in cores, where one is set
+/// (gauge, no label).
+pub const CGROUP_CPU_LIMIT_CORES: &str = "loopwatch_cgroup_cpu_limit_cores";
+/// Enforcement periods of the cgroup's CPU limit (counter, no label).
+pub const CGROUP_CPU_PERIODS_TOTAL: &str = "loopwatch_cgroup_cpu_periods_total";
+/// Periods in which the CPU limit held the cgroup back (counter, no label).
+pub const CGROUP_CPU_THROTTLED_PERIODS_TOTAL: &str = "loopwatch_cgroup_cpu_throttled_periods_total";
+/// Time the CPU limit held the cgroup's threads back (counter, no label).
+pub const CGROUP_CPU_THROTTLED_SECONDS_TOTAL: &str = "loopwatch_cgroup_cpu_throttled_seconds_total";
+/// The memory limit of the process's cgroup, where one is set (gauge, no
+/// label).
+pub const CGROUP_MEMORY_LIMIT_BYTES: &str = "loopwatch_cgroup_memory_limit_bytes";
+/// The cgroup's memory in use that cannot be dropped on demand (use minus
+/// inactive file pages), what the OOM killer goes by (gauge, no label).
+pub const CGROUP_MEMORY_WORKING_SET_BYTES: &str = "loopwatch_cgroup_memory_working_set_bytes";
 /// Panics caught in the `on_stall` callback (counter, no label).
 pub const CALLBACK_PANICS_TOTAL: &str = "loopwatch_callback_panics_total";
 /// Stall reports not given to the `on_stall` callback because it was too
@@ -118,6 +142,15 @@ pub const ALL: &[&str] = &[
     HEARTBEAT_TIMESTAMP_SECONDS,
     REPORTS_SUPPRESSED_TOTAL,
     CPU_BOUND_STALLS_TOTAL,
+    STALLS_BY_CAUSE_TOTAL,
+    PROCESS_PAUSES_TOTAL,
+    PROCESS_PAUSED_SECONDS_TOTAL,
+    CGROUP_CPU_LIMIT_CORES,
+    CGROUP_CPU_PERIODS_TOTAL,
+    CGROUP_CPU_THROTTLED_PERIODS_TOTAL,
+    CGROUP_CPU_THROTTLED_SECONDS_TOTAL,
+    CGROUP_MEMORY_LIMIT_BYTES,
+    CGROUP_MEMORY_WORKING_SET_BYTES,
     CALLBACK_PANICS_TOTAL,
     CALLBACK_REPORTS_DROPPED_TOTAL,
     EXPORTER_CONNECTIONS_DROPPED_TOTAL,

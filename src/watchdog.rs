@@ -9,6 +9,10 @@
 //! - [`heartbeat`]: the heartbeat task each watched runtime runs;
 //! - [`stall`]: the stall state machine (flag, escalate, end, rate limit);
 //! - [`evidence`]: the stuck thread's state and stack for a report;
+//! - [`cause`]: what the stuck thread did with its time, why it is stuck,
+//!   and pauses of the whole process;
+//! - [`cgroup`]: the process's cgroup (CPU limit and throttling, memory)
+//!   and the machine's steal time;
 //! - [`threads`]: finding the stuck thread among the process's threads;
 //! - [`report`]: [`StallReport`], and where reports go (log, metrics, callback);
 //! - [`callback`]: the `on_stall` callback's own thread and bounded queue;
@@ -25,6 +29,8 @@ mod abort;
 mod activity;
 mod builder;
 mod callback;
+mod cause;
+mod cgroup;
 mod check;
 mod detect;
 mod evidence;
@@ -43,6 +49,7 @@ mod systemd;
 mod threads;
 
 pub use builder::WatchdogBuilder;
+pub use cause::{CpuAccount, StallCause, Throttling};
 pub use handle::Watchdog;
 pub use report::StallReport;
 

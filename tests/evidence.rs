@@ -54,7 +54,11 @@ fn an_instrumented_stall_report_carries_the_stack_down_to_the_blocking_function(
         "the scheduler's frames are trimmed:\n{stack}"
     );
     assert_eq!(first.cpu_bound, Some(false), "a sleeping thread is off CPU");
-    assert!(first.to_string().contains("(waiting, off CPU)"), "{first}");
+    assert_eq!(first.cause, loopwatch::StallCause::Blocked, "{first}");
+    assert!(
+        first.to_string().contains(" (blocked: on a CPU "),
+        "{first}"
+    );
     assert_eq!(first.stack_complete, Some(true), "{stack}");
     assert_eq!(first.unconfirmed, None);
 

@@ -531,6 +531,41 @@ fn check(
         }
         return Ok(());
     }
+    // Why it is stuck, from what its thread did with its time: a wait in the
+    // kernel is blocked; a spin loop or a long system call on a CPU busy,
+    // or starved where the other runs and hogs left it no CPU (the matrix
+    // runs several at once). Unknown only where the thread is not found (a
+    // stripped binary's handle-only runtime).
+    let cause = report["cause"].as_str().unwrap_or_default();
+    let want: &[&str] = match (case.shape, case.name) {
+        (cases::Shape::Waits, _) => &["blocked"],
+        (cases::Shape::InKernel, _) | (_, "spin") => &["busy", "starved"],
+        _ => &[],
+    };
+    let allowed = want.contains(&cause) || (stripped && cause == "unknown");
+    if !want.is_empty() && !allowed {
+        return Err(format!(
+            "cause {cause:?}, expected {want:?}; time: {}",
+            report["cpu"]
+        ));
+    }
+    if cause != "unknown" && report["cpu"].is_null() {
+        return Err(format!("cause {cause:?} without the figures"));
+    }
+    // The figures add up to their span, which is the stall so far but for
+    // its first check interval or two (more on a loaded machine).
+    if !report["cpu"].is_null() {
+        let cpu = &report["cpu"];
+        let f = |k: &str| cpu[k].as_f64().unwrap_or(f64::NAN);
+        let span = f("span_seconds");
+        let sum = f("on_cpu_seconds") + f("waiting_for_cpu_seconds") + f("off_cpu_seconds");
+        let stalled = report["stalled_for_seconds"].as_f64().unwrap_or(f64::NAN);
+        if (sum - span).abs() > 1e-6 || !(stalled - 0.5..=stalled + 0.1).contains(&span) {
+            return Err(format!(
+                "the time figures do not add up to the stall of {stalled:.3} s: {cpu}"
+            ));
+        }
+    }
     if let Some(why) = report["unconfirmed"].as_str() {
         if !stripped && !may_lack {
             return Err(format!("reported as unconfirmed: {why}"));

@@ -227,6 +227,70 @@ fn family(
 }
 
 fn render_process(out: &mut String, p: &ProcessStats) {
+    let pauses: [(&str, &str, &str, f64); 2] = [
+        (
+            n::PROCESS_PAUSES_TOTAL,
+            "counter",
+            "Pauses of the whole process (SIGSTOP, a frozen cgroup, a paused VM), never counted as stalls.",
+            p.pauses as f64,
+        ),
+        (
+            n::PROCESS_PAUSED_SECONDS_TOTAL,
+            "counter",
+            "Time the whole process was paused.",
+            p.paused_ns as f64 / 1e9,
+        ),
+    ];
+    let cg = &p.cgroup;
+    let cgroup: [(&str, &str, &str, Option<f64>); 6] = [
+        (
+            n::CGROUP_CPU_LIMIT_CORES,
+            "gauge",
+            "CPU limit of the process's cgroup in cores (quota / period).",
+            cg.cpu_limit_cores,
+        ),
+        (
+            n::CGROUP_CPU_PERIODS_TOTAL,
+            "counter",
+            "Enforcement periods of the cgroup's CPU limit.",
+            cg.cpu.map(|c| c.periods as f64),
+        ),
+        (
+            n::CGROUP_CPU_THROTTLED_PERIODS_TOTAL,
+            "counter",
+            "Periods in which the cgroup's CPU limit held its threads back.",
+            cg.cpu.map(|c| c.throttled_periods as f64),
+        ),
+        (
+            n::CGROUP_CPU_THROTTLED_SECONDS_TOTAL,
+            "counter",
+            "Time the cgroup's CPU limit held its threads back.",
+            cg.cpu.map(|c| c.throttled_ns as f64 / 1e9),
+        ),
+        (
+            n::CGROUP_MEMORY_LIMIT_BYTES,
+            "gauge",
+            "Memory limit of the process's cgroup.",
+            cg.memory_limit_bytes.map(|v| v as f64),
+        ),
+        (
+            n::CGROUP_MEMORY_WORKING_SET_BYTES,
+            "gauge",
+            "Memory of the cgroup in use that cannot be dropped on demand (use minus inactive file pages).",
+            cg.memory_working_set_bytes.map(|v| v as f64),
+        ),
+    ];
+    let present = pauses.into_iter().chain(
+        cgroup
+            .into_iter()
+            .filter_map(|(a, b, c, v)| Some((a, b, c, v?))),
+    );
+    for (name, kind, help, value) in present {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
     if p.resident_memory_bytes == 0 {
         return; // not read on this platform
     }

@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use super::builder::Config;
+use super::cgroup::Cgroup;
 use super::process::{self, ProcessStats};
 use super::publish;
 use crate::clock::nanos;
@@ -186,7 +187,13 @@ pub(crate) struct Activity {
     last_hung_scan: u64,
     hung_scan_every_ns: u64,
     hung_ns: u64,
+    /// The process's cgroup, and when it was last looked up (it may move).
+    cgroup: Cgroup,
+    cgroup_at: u64,
 }
+
+/// How often the process's cgroup is looked up again.
+const CGROUP_EVERY_NS: u64 = 10_000_000_000;
 
 /// What [`Activity`] has for a health snapshot.
 #[derive(Debug)]
@@ -207,6 +214,8 @@ impl Activity {
             last_hung_scan: 0,
             hung_scan_every_ns: nanos(hung_scan_interval(config)),
             hung_ns: nanos(config.hung_task_threshold),
+            cgroup: Cgroup::default(),
+            cgroup_at: 0,
         }
     }
 
@@ -223,8 +232,24 @@ impl Activity {
             self.usage.scan_hung(now, self.hung_ns);
         }
         self.usage.publish();
+        let before = self.process;
         self.process = process::read();
+        if self.cgroup_at == 0 || now.saturating_sub(self.cgroup_at) >= CGROUP_EVERY_NS {
+            self.cgroup = Cgroup::discover();
+            self.cgroup_at = now;
+        }
+        self.process.cgroup = self.cgroup.stats();
+        self.process.pauses = before.pauses;
+        self.process.paused_ns = before.paused_ns;
+        self.process.last_pause = before.last_pause;
         true
+    }
+
+    /// A pause of the whole process ended at `end`, `len` ns long.
+    pub(crate) fn paused(&mut self, end: u64, len: u64) {
+        self.process.pauses += 1;
+        self.process.paused_ns += len;
+        self.process.last_pause = Some((end, len));
     }
 
     /// The process's resources as last read.

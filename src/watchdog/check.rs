@@ -14,7 +14,8 @@ use std::time::Duration;
 use super::activity::Activity;
 use super::builder::Config;
 use super::callback::CallbackQueue;
-use super::detect::Thresholds;
+use super::cause::{self, PauseDetector};
+use super::detect::{Thresholds, Unknowns};
 use super::evidence::EvidenceCollector;
 use super::handle::Shared;
 use super::recent::RecentStalls;
@@ -22,6 +23,7 @@ use super::report::Reporter;
 use super::runtimes::{RuntimeRef, RuntimeSet};
 use super::snapshot::{self, Inputs};
 use super::stall::{Candidate, Event, StallMachine};
+use super::{publish, threads};
 use crate::clock::{nanos, now_ns};
 use crate::instrument::slot;
 
@@ -43,6 +45,13 @@ pub(crate) struct Checker {
     systemd: Option<super::systemd::Notifier>,
     /// `abort_after` (ns).
     abort_ns: Option<u64>,
+    /// Pauses of the whole process, told from the watchdog thread's times.
+    pauses: PauseDetector,
+    /// Threads not known to loopwatch that may be stuck (named as workers,
+    /// or any), when last listed (ns): timed while a runtime known only by
+    /// its handle, or a current-thread runtime whose driver is not known,
+    /// may be stuck.
+    unknown_workers: (u64, Unknowns, Vec<i64>),
 }
 
 /// Runs checks until the handle drops the sender (shutdown), which ends the
@@ -86,6 +95,8 @@ impl Checker {
                 .then(|| super::systemd::Notifier::from_env(config.check_interval))
                 .flatten(),
             abort_ns: config.abort_after.map(nanos),
+            pauses: PauseDetector::new(config.check_interval),
+            unknown_workers: (0, Unknowns::None, Vec::new()),
             shared,
         }
     }
@@ -97,6 +108,16 @@ impl Checker {
             self.reporter.runtime_gone(runtime);
         }
         let now = now_ns();
+        if let Some(pause) = self.pauses.check_started(now) {
+            self.activity.paused(pause.end, pause.len);
+            *self.shared.process.lock() = self.activity.process();
+            tracing::info!(
+                target: "loopwatch",
+                paused_seconds = pause.len as f64 / 1e9,
+                "the whole process was paused for {:.1} s (stopped, a frozen cgroup or a paused VM); not a stall",
+                pause.len as f64 / 1e9
+            );
+        }
         let seen = self.detect(now);
         let events = self.stalls.update(now, seen);
         // New stalls are counted and shown in health at once: gathering
@@ -153,6 +174,7 @@ impl Checker {
             self.reporter.report(report);
         }
         self.abort_if_due(now);
+        self.pauses.check_ended(now_ns());
     }
 
     /// With `abort_after`: a stall that lasted that long ends the process,
@@ -183,6 +205,8 @@ impl Checker {
             .map(|w| w.monitor.driver_tid())
             .collect();
         let mut seen = Vec::new();
+        let mut suspects = Vec::new();
+        let mut unknown = Unknowns::None;
         for watched in self.runtimes.iter_mut() {
             let monitor = &mut watched.monitor;
             monitor.sample(now);
@@ -191,13 +215,36 @@ impl Checker {
                 &slots,
                 &drivers,
                 self.thresholds,
+                &self.pauses,
                 self.evidence.symbolizer(),
             ));
+            unknown =
+                unknown.max(monitor.suspects(now, &slots, self.thresholds.check_ns, &mut suspects));
             if now.saturating_sub(monitor.last_poke) >= self.heartbeat_ns {
                 monitor.last_poke = now;
                 monitor.entry.beat.poke(now);
             }
         }
+        if unknown != Unknowns::None {
+            // Listed again at most once a second while needed.
+            let (at, kind, list) = &mut self.unknown_workers;
+            if *at == 0 || now.saturating_sub(*at) >= 1_000_000_000 || *kind != unknown {
+                *at = now;
+                *kind = unknown;
+                *list = match unknown {
+                    Unknowns::Any => threads::all_threads(&suspects, cause::MAX_TIMED),
+                    _ => threads::worker_named_threads(&slots, &suspects, cause::MAX_TIMED),
+                };
+            }
+            for &tid in list.iter() {
+                if !suspects.contains(&tid) {
+                    suspects.push(tid);
+                }
+            }
+        } else {
+            self.unknown_workers = (0, Unknowns::None, Vec::new());
+        }
+        self.evidence.cpu().observe(now, &suspects);
         seen
     }
 
@@ -216,6 +263,9 @@ impl Checker {
                     .get(candidate.runtime.serial)
                     .map(|w| &w.monitor);
                 self.evidence.add(&mut report, &candidate, monitor);
+                if report.escalation == 0 {
+                    publish::stall_cause(&report.runtime, report.cause);
+                }
                 self.recent.record(candidate.key, &report);
                 if held {
                     self.reporter.suppressed();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 
+use super::cause::PauseDetector;
 use super::heartbeat::BeatView;
 use super::runtimes::RuntimeEntry;
 use super::stall::{Candidate, StallKey};
@@ -66,6 +67,16 @@ enum Driven {
     /// It could not be told, for this reason: reported as an unconfirmed
     /// stall, never dropped.
     Unknown(String),
+}
+
+/// Which threads not known to loopwatch may be a runtime's stuck one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Unknowns {
+    None,
+    /// Threads named as workers are.
+    Workers,
+    /// Any thread of the process.
+    Any,
 }
 
 /// Settings the detection needs.
@@ -197,6 +208,67 @@ impl RuntimeMonitor {
         now.saturating_sub(since)
     }
 
+    /// Adds to `out` the threads of this runtime that may be stuck at
+    /// `now`, to be timed for the CPU accounts of stall reports: those in an
+    /// instrumented poll for `check_ns` or longer, and, while one of its
+    /// workers is not parked and its metrics stood still as long, the
+    /// threads known to be its own that are not in a poll (and a
+    /// current-thread runtime's driver). Returns which threads not known to
+    /// loopwatch may be the stuck one: threads named as workers (a runtime
+    /// known only by its handle, with such a worker), or any (a
+    /// current-thread runtime whose driver is not known yet).
+    pub(crate) fn suspects(
+        &self,
+        now: u64,
+        slots: &[SlotView],
+        check_ns: u64,
+        out: &mut Vec<i64>,
+    ) -> Unknowns {
+        if !self.beat.alive {
+            return Unknowns::None;
+        }
+        let mine = slots
+            .iter()
+            .filter(|s| s.info.runtime == Some(self.id) && (self.current_thread || s.is_worker))
+            .filter(|s| s.info.os_tid != 0);
+        let mut known = 0;
+        let frozen = self.workers.iter().any(|w| {
+            w.last
+                .is_some_and(|(park_unpark, _, _)| park_unpark % 2 == 0)
+                && now.saturating_sub(w.changed_at) >= check_ns
+        });
+        for s in mine {
+            known += 1;
+            let long_poll = s.poll_start != 0 && now.saturating_sub(s.poll_start) >= check_ns;
+            if (long_poll || (frozen && s.poll_start == 0)) && !out.contains(&s.info.os_tid) {
+                out.push(s.info.os_tid);
+            }
+        }
+        if !frozen {
+            return Unknowns::None;
+        }
+        if self.current_thread {
+            // Found not driven (its `block_on` returned, or never called):
+            // nobody is stuck in it.
+            if self.undriven() {
+                return Unknowns::None;
+            }
+            let driver = self.driver_tid();
+            if driver == 0 {
+                return Unknowns::Any;
+            }
+            if !out.contains(&driver) {
+                out.push(driver);
+            }
+            return Unknowns::None;
+        }
+        if known < self.workers.len() {
+            Unknowns::Workers
+        } else {
+            Unknowns::None
+        }
+    }
+
     /// Finds the stalls of this runtime at `now`.
     ///
     /// - An instrumented poll running on one of the runtime's worker threads for
@@ -215,12 +287,16 @@ impl RuntimeMonitor {
         slots: &[SlotView],
         drivers: &[i64],
         t: Thresholds,
+        pauses: &PauseDetector,
         symbolizer: &mut crate::stack::Symbolizer,
     ) -> Vec<Candidate> {
         let mut found = Vec::new();
         if !self.beat.alive {
             return found;
         }
+        // How long since `x`, the time the whole process was paused taken
+        // off: a pause (SIGSTOP, a frozen cgroup, a paused VM) is no stall.
+        let age = |x: u64| now.saturating_sub(x).saturating_sub(pauses.paused_since(x));
         let mine: Vec<&SlotView> = slots
             .iter()
             .filter(|s| s.info.runtime == Some(self.id) && (self.current_thread || s.is_worker))
@@ -228,13 +304,13 @@ impl RuntimeMonitor {
         let stuck: Vec<&SlotView> = mine
             .iter()
             .copied()
-            .filter(|s| s.poll_start != 0 && now.saturating_sub(s.poll_start) >= t.stall_ns)
+            .filter(|s| s.poll_start != 0 && age(s.poll_start) >= t.stall_ns)
             .collect();
         let progressing = |s: &SlotView| {
             if s.poll_start != 0 {
-                now.saturating_sub(s.poll_start) < t.stall_ns
+                age(s.poll_start) < t.stall_ns
             } else {
-                s.last_completed != 0 && now.saturating_sub(s.last_completed) < t.stall_ns
+                s.last_completed != 0 && age(s.last_completed) < t.stall_ns
             }
         };
 
@@ -251,7 +327,7 @@ impl RuntimeMonitor {
             })
             .collect();
         active.sort_by_key(|&(_, since, _)| since);
-        let is_frozen = |since: u64| now.saturating_sub(since) >= t.stall_ns;
+        let is_frozen = |since: u64| age(since) >= t.stall_ns;
         let frozen_count = active
             .iter()
             .filter(|&&(_, since, _)| is_frozen(since))
@@ -322,7 +398,7 @@ impl RuntimeMonitor {
                 .copied()
                 .filter(|s| {
                     s.park == PARK_ACTIVE
-                        && now.saturating_sub(s.park_since) >= t.stall_ns
+                        && age(s.park_since) >= t.stall_ns
                         && s.poll_start == 0
                         && !progressing(s)
                 })
@@ -334,7 +410,7 @@ impl RuntimeMonitor {
 
         let mut unconfirmed = None;
         if self.current_thread && anonymous > 0 {
-            match self.current_thread_driven(now, drivers, t, symbolizer) {
+            match self.current_thread_driven(now, drivers, t, pauses, symbolizer) {
                 Driven::Yes => {}
                 Driven::No => anonymous = 0,
                 Driven::Unknown(why) => unconfirmed = Some(why),
@@ -369,9 +445,9 @@ impl RuntimeMonitor {
         // No per-worker data (targets without 64-bit atomics): the heartbeat
         // is the only signal.
         if self.workers.iter().all(|w| w.last.is_none()) && found.is_empty() {
-            let age = self.heartbeat_age_ns(now);
-            if self.beat.beats > 0 && age >= t.stall_ns {
-                let since = now.saturating_sub(age);
+            let raw = self.heartbeat_age_ns(now);
+            let since = now.saturating_sub(raw);
+            if self.beat.beats > 0 && age(since) >= t.stall_ns {
                 found.push(Candidate {
                     key: StallKey::Heartbeat {
                         runtime: self.entry.serial,
@@ -405,9 +481,11 @@ impl RuntimeMonitor {
         now: u64,
         drivers: &[i64],
         t: Thresholds,
+        pauses: &PauseDetector,
         symbolizer: &mut crate::stack::Symbolizer,
     ) -> Driven {
-        if self.heartbeat_age_ns(now) < t.stall_ns {
+        let beat_age = self.heartbeat_age_ns(now);
+        if beat_age.saturating_sub(pauses.paused_since(now.saturating_sub(beat_age))) < t.stall_ns {
             return Driven::No;
         }
         // Never driven since it was watched: only a thread found inside a

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
+use super::cause::{CpuAccount, CpuTracker, StallCause};
 use super::detect::RuntimeMonitor;
 use super::stall::{Candidate, StallKey};
 use super::threads::NotFound;
@@ -30,6 +31,10 @@ pub(crate) struct Known {
     frames: Vec<usize>,
     /// The spans the thread was in at the last report.
     pub(crate) spans: Vec<String>,
+    /// Why it is stuck, as of the last report.
+    pub(crate) cause: StallCause,
+    /// What its thread did with its time, as of the last report.
+    pub(crate) cpu: Option<CpuAccount>,
 }
 
 /// Adds the stuck thread's state, stack and culprit to reports.
@@ -43,6 +48,8 @@ pub(crate) struct EvidenceCollector {
     /// Stuck threads found this check by [`find_threads`](Self::find_threads),
     /// not yet taken by a report.
     found: HashMap<StallKey, super::threads::Found>,
+    /// The threads that may be stuck, timed check by check.
+    cpu: CpuTracker,
 }
 
 impl EvidenceCollector {
@@ -53,7 +60,23 @@ impl EvidenceCollector {
             known: HashMap::new(),
             symbolizer: None,
             found: HashMap::new(),
+            cpu: CpuTracker::default(),
         }
+    }
+
+    /// The timer of the threads that may be stuck.
+    pub(crate) fn cpu(&mut self) -> &mut CpuTracker {
+        &mut self.cpu
+    }
+
+    /// Fills `report`'s `cpu` and `cause` from what thread `tid` did since
+    /// the stall began.
+    fn account(&mut self, report: &mut StallReport, candidate: &Candidate, tid: i64) {
+        report.cpu = self.cpu.account(tid, candidate.since);
+        report.cause = report.cpu.map_or(StallCause::Unknown, |a| a.cause());
+        let known = self.known.entry(candidate.key).or_default();
+        known.cause = report.cause;
+        known.cpu = report.cpu;
     }
 
     /// The symbolizer of this check (its tables are read once per check,
@@ -88,6 +111,7 @@ impl EvidenceCollector {
             if candidate.os_tid != 0 {
                 report.spans = spans_of(candidate.os_tid);
                 self.known.entry(candidate.key).or_default().spans = report.spans.clone();
+                self.account(report, candidate, candidate.os_tid);
             }
             return;
         }
@@ -112,6 +136,8 @@ impl EvidenceCollector {
         if tid == 0 {
             return;
         }
+        // What the thread did with its time, before anything else looks at it.
+        self.account(report, candidate, tid);
         let known = self.known.entry(candidate.key).or_default();
         if report.thread.is_none() {
             report.thread = known.thread_name.clone();

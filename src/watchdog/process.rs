@@ -1,5 +1,6 @@
 //! The process's resources, read from `/proc/self` (Linux; zeros elsewhere).
 
+use super::cgroup::CgroupStats;
 use crate::health::ProcessHealth;
 
 /// Everything read about the process at one instant (the watchdog reads it
@@ -15,15 +16,34 @@ pub(crate) struct ProcessStats {
     pub(crate) max_fds: u64,
     pub(crate) threads: u64,
     pub(crate) start_time_seconds: f64,
+    /// The process's cgroup (CPU limit and throttling, memory).
+    pub(crate) cgroup: CgroupStats,
+    /// Pauses of the whole process seen, and their time in all (ns).
+    pub(crate) pauses: u64,
+    pub(crate) paused_ns: u64,
+    /// The last pause: when it ended and how long it was (ns).
+    pub(crate) last_pause: Option<(u64, u64)>,
 }
 
 impl ProcessStats {
-    pub(crate) fn health(&self) -> ProcessHealth {
+    pub(crate) fn health(&self, now: u64) -> ProcessHealth {
+        let cg = &self.cgroup;
         ProcessHealth {
             resident_memory_bytes: self.resident_memory_bytes,
             cpu_seconds: self.cpu_seconds,
             open_fds: self.open_fds,
             threads: self.threads,
+            cpu_limit_cores: cg.cpu_limit_cores,
+            cpu_throttled_seconds: cg.cpu.map(|c| c.throttled_ns as f64 / 1e9),
+            cpu_throttled_periods: cg.cpu.map(|c| c.throttled_periods),
+            memory_limit_bytes: cg.memory_limit_bytes,
+            memory_working_set_bytes: cg.memory_working_set_bytes,
+            pauses: self.pauses,
+            paused_seconds: self.paused_ns as f64 / 1e9,
+            last_pause_seconds: self.last_pause.map(|(_, len)| len as f64 / 1e9),
+            last_pause_ago_seconds: self
+                .last_pause
+                .map(|(end, _)| now.saturating_sub(end) as f64 / 1e9),
         }
     }
 }
@@ -90,6 +110,7 @@ fn read_linux() -> Option<ProcessStats> {
         max_fds,
         threads,
         start_time_seconds: boot_time as f64 + start_ticks as f64 / ticks,
+        ..ProcessStats::default()
     })
 }
 

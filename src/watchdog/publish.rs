@@ -31,6 +31,11 @@ fn describe() {
         Unit::Count,
         "Stalls whose stuck thread was on a CPU when first reported (a CPU hog, not a blocking call)."
     );
+    describe_counter!(
+        STALLS_BY_CAUSE_TOTAL,
+        Unit::Count,
+        "Stalls by why the worker is stuck, at their first report: blocked (waiting in the kernel), busy (on a CPU), starved (runnable, waiting for a CPU: the CPU limit, other load, steal), unknown."
+    );
     describe_gauge!(STALLED_WORKERS, Unit::Count, "Workers stalled now.");
     describe_gauge!(
         HEARTBEAT_TIMESTAMP_SECONDS,
@@ -63,6 +68,12 @@ fn describe() {
     counter!(CALLBACK_REPORTS_DROPPED_TOTAL).increment(0);
 }
 
+/// A stall's cause, at its first report (held back or not).
+pub(crate) fn stall_cause(runtime: &str, cause: crate::StallCause) {
+    counter!(STALLS_BY_CAUSE_TOTAL, "runtime" => runtime.to_owned(), "cause" => cause.as_str())
+        .increment(1);
+}
+
 pub(crate) fn stall_flagged(runtime: &str) {
     counter!(STALLS_TOTAL, "runtime" => runtime.to_owned()).increment(1);
 }
@@ -83,6 +94,10 @@ pub(crate) fn heartbeat(runtime: &str, lag_ns: u64) {
 
 pub(crate) fn runtime_gauges(runtime: &str, stalled: usize, heartbeat_unix: f64) {
     counter!(STALLS_TOTAL, "runtime" => runtime.to_owned()).increment(0);
+    for cause in crate::StallCause::ALL {
+        counter!(STALLS_BY_CAUSE_TOTAL, "runtime" => runtime.to_owned(), "cause" => cause.as_str())
+            .increment(0);
+    }
     gauge!(STALLED_WORKERS, "runtime" => runtime.to_owned()).set(stalled as f64);
     gauge!(HEARTBEAT_TIMESTAMP_SECONDS, "runtime" => runtime.to_owned()).set(heartbeat_unix);
 }

@@ -40,6 +40,8 @@ impl RecentStalls {
             stack_missing: report.stack_missing.clone(),
             unconfirmed: report.unconfirmed.clone(),
             spans: report.spans.clone(),
+            cause: report.cause,
+            cpu: report.cpu,
         };
         match self.ring.iter_mut().find(|(k, _)| *k == key) {
             Some((_, entry)) => *entry = recent,

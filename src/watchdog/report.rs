@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 
 use super::callback::CallbackQueue;
+use super::cause::{CpuAccount, StallCause};
 use super::publish;
 use super::runtimes::{RuntimeRef, Watched};
 use crate::clock::unix_seconds;
@@ -103,6 +104,14 @@ pub struct StallReport {
     /// Whether the stuck thread was running on a CPU (a CPU hog) rather than
     /// waiting in the kernel (a blocking call, a lock, a sleep), when known.
     pub cpu_bound: Option<bool>,
+    /// What the stuck thread did with its time during the stall so far: on
+    /// a CPU, waiting for one, waiting in the kernel; the cgroup's CPU
+    /// throttling and the machine's steal time over the same span (Linux,
+    /// where the stuck thread is known).
+    pub cpu: Option<CpuAccount>,
+    /// Why the worker is stuck, from [`cpu`](Self::cpu): blocked in the
+    /// kernel, busy on a CPU, or starved of one (see [`StallCause`]).
+    pub cause: StallCause,
     /// At an escalation: whether the stack changed since the last report
     /// (`false`: stuck at the same place).
     pub stack_moved: Option<bool>,
@@ -128,10 +137,13 @@ impl fmt::Display for StallReport {
         if !self.spans.is_empty() {
             write!(f, " in span {}", self.spans.join(" > "))?;
         }
-        match self.cpu_bound {
-            Some(true) => f.write_str(" (on CPU)")?,
-            Some(false) => f.write_str(" (waiting, off CPU)")?,
-            None => {}
+        match (&self.cpu, self.cpu_bound) {
+            (Some(cpu), _) if self.cause != StallCause::Unknown => {
+                write!(f, " ({}: {cpu})", self.cause)?
+            }
+            (_, Some(true)) => f.write_str(" (on CPU)")?,
+            (_, Some(false)) => f.write_str(" (waiting, off CPU)")?,
+            (_, None) => {}
         }
         if let Some(culprit) = &self.culprit {
             write!(f, " at {culprit}")?;
@@ -209,6 +221,7 @@ impl Reporter {
             thread = report.thread.as_deref(),
             escalation = report.escalation,
             cpu_bound = report.cpu_bound,
+            cause = report.cause.as_str(),
             culprit = report.culprit.as_deref(),
             spans = ?report.spans,
             stack_moved = report.stack_moved,

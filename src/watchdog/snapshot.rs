@@ -82,6 +82,8 @@ pub(crate) fn assemble(input: Inputs<'_>) -> Health {
                     report.thread = report.thread.or_else(|| known.thread_name.clone());
                     report.culprit = known.culprit.clone();
                     report.spans = known.spans.clone();
+                    report.cause = known.cause;
+                    report.cpu = known.cpu;
                 }
                 report
             })
@@ -132,6 +134,8 @@ pub(crate) fn assemble(input: Inputs<'_>) -> Health {
                     culprit: r.culprit,
                     spans: r.spans,
                     unconfirmed: r.unconfirmed,
+                    cause: r.cause,
+                    cpu: r.cpu,
                 })
                 .collect(),
         });
@@ -157,7 +161,29 @@ pub(crate) fn assemble(input: Inputs<'_>) -> Health {
             ),
         );
     }
-    if let Some(limit) = config.resident_memory_limit {
+    process_issues(&mut issues, &process, config.resident_memory_limit, now);
+    Health {
+        status: issues.status(),
+        issues: issues.into_lines(),
+        runtimes: runtime_health,
+        tasks,
+        hung_tasks,
+        calls,
+        process: process.health(now),
+        recent_stalls,
+    }
+}
+
+/// The issues of the process's resources: memory over the configured limit
+/// or near its cgroup's, a recent pause of the whole process, file
+/// descriptors nearly used up.
+fn process_issues(
+    issues: &mut Issues,
+    process: &ProcessStats,
+    resident_memory_limit: Option<u64>,
+    now: u64,
+) {
+    if let Some(limit) = resident_memory_limit {
         if process.resident_memory_bytes > limit {
             issues.add(
                 Status::Degraded,
@@ -165,6 +191,35 @@ pub(crate) fn assemble(input: Inputs<'_>) -> Health {
                     "resident memory {} MiB is above the limit of {} MiB",
                     process.resident_memory_bytes >> 20,
                     limit >> 20
+                ),
+            );
+        }
+    }
+    if let (Some(limit), Some(used)) = (
+        process.cgroup.memory_limit_bytes,
+        process.cgroup.memory_working_set_bytes,
+    ) {
+        if limit > 0 && used.saturating_mul(10) >= limit.saturating_mul(9) {
+            issues.add(
+                Status::Degraded,
+                format!(
+                    "cgroup memory {} MiB of its {} MiB limit ({:.0} %): the OOM killer is next",
+                    used >> 20,
+                    limit >> 20,
+                    used as f64 * 100.0 / limit as f64
+                ),
+            );
+        }
+    }
+    if let Some((end, len)) = process.last_pause {
+        let since_end = now.saturating_sub(end);
+        if since_end < AFTER_STALL_NS {
+            issues.add(
+                Status::Degraded,
+                format!(
+                    "the whole process was paused for {:.1} s, {:.0} s ago (stopped, a frozen cgroup or a paused VM); not counted as a stall",
+                    len as f64 / 1e9,
+                    since_end as f64 / 1e9
                 ),
             );
         }
@@ -178,14 +233,58 @@ pub(crate) fn assemble(input: Inputs<'_>) -> Health {
             ),
         );
     }
-    Health {
-        status: issues.status(),
-        issues: issues.into_lines(),
-        runtimes: runtime_health,
-        tasks,
-        hung_tasks,
-        calls,
-        process: process.health(),
-        recent_stalls,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watchdog::cgroup::CgroupStats;
+
+    fn issues_of(process: &ProcessStats, now: u64) -> (Status, Vec<String>) {
+        let mut issues = Issues::default();
+        process_issues(&mut issues, process, None, now);
+        (issues.status(), issues.into_lines())
+    }
+
+    #[test]
+    fn memory_near_the_cgroup_limit_is_degraded() {
+        let mut p = ProcessStats {
+            cgroup: CgroupStats {
+                memory_limit_bytes: Some(1000 << 20),
+                memory_working_set_bytes: Some(950 << 20),
+                ..CgroupStats::default()
+            },
+            ..ProcessStats::default()
+        };
+        let (status, lines) = issues_of(&p, 1);
+        assert_eq!(status, Status::Degraded);
+        assert_eq!(
+            lines,
+            ["cgroup memory 950 MiB of its 1000 MiB limit (95 %): the OOM killer is next"]
+        );
+        p.cgroup.memory_working_set_bytes = Some(800 << 20);
+        assert_eq!(issues_of(&p, 1), (Status::Healthy, Vec::new()));
+        // No limit: nothing to be near.
+        p.cgroup.memory_limit_bytes = None;
+        p.cgroup.memory_working_set_bytes = Some(u64::MAX);
+        assert_eq!(issues_of(&p, 1).0, Status::Healthy);
+    }
+
+    #[test]
+    fn a_recent_pause_is_an_issue_for_a_minute() {
+        let p = ProcessStats {
+            last_pause: Some((10_000_000_000, 6_000_000_000)),
+            ..ProcessStats::default()
+        };
+        let (status, lines) = issues_of(&p, 13_000_000_000);
+        assert_eq!(status, Status::Degraded);
+        assert!(
+            lines[0].starts_with("the whole process was paused for 6.0 s, 3 s ago"),
+            "{lines:?}"
+        );
+        assert_eq!(
+            issues_of(&p, 10_000_000_000 + AFTER_STALL_NS).0,
+            Status::Healthy
+        );
     }
 }

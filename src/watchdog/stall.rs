@@ -60,6 +60,8 @@ impl Candidate {
             stack_method: None,
             unconfirmed: self.unconfirmed.clone(),
             cpu_bound: None,
+            cpu: None,
+            cause: crate::StallCause::Unknown,
             stack_moved: None,
             escalation,
         }

@@ -59,6 +59,35 @@ pub(crate) fn process_threads() -> Vec<ProcessThread> {
     threads
 }
 
+/// Threads of the process named as known workers are (tokio's default name
+/// when none is known), not in `skip`, at most `max`: those a stuck worker
+/// of a runtime known only by its handle may be.
+pub(crate) fn worker_named_threads(slots: &[SlotView], skip: &[i64], max: usize) -> Vec<i64> {
+    let names: Vec<String> = slots
+        .iter()
+        .filter(|s| s.is_worker)
+        .filter_map(|s| s.info.name.as_deref().map(comm))
+        .chain(std::iter::once(comm("tokio-runtime-worker")))
+        .collect();
+    process_threads()
+        .into_iter()
+        .filter(|t| names.contains(&t.name) && !skip.contains(&t.tid))
+        .map(|t| t.tid)
+        .take(max)
+        .collect()
+}
+
+/// The process's threads, the main thread first, not in `skip`, at most
+/// `max`: those the driver of a current-thread runtime may be.
+pub(crate) fn all_threads(skip: &[i64], max: usize) -> Vec<i64> {
+    let pid = i64::from(std::process::id());
+    std::iter::once(pid)
+        .chain(process_threads().into_iter().map(|t| t.tid))
+        .filter(|t| !skip.contains(t))
+        .take(max)
+        .collect()
+}
+
 /// How long one search waits in all for threads caught on a CPU to go back
 /// to waiting (a stuck call that wakes now and then is on a CPU for a
 /// moment at each wake-up).

@@ -271,9 +271,16 @@ pub fn in_child_process(name: &str) -> bool {
     if std::env::var_os("LOOPWATCH_TEST_CHILD").is_some() {
         return true;
     }
+    run_child_process(name, &[("LOOPWATCH_TEST_CHILD", "1")]);
+    false
+}
+
+/// Runs test `name` of this test binary in a child process with `env` set,
+/// asserts that it passed, and returns its output.
+pub fn run_child_process(name: &str, env: &[(&str, &str)]) -> String {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([name, "--exact", "--nocapture", "--test-threads", "1"])
-        .env("LOOPWATCH_TEST_CHILD", "1")
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     let text = format!(
@@ -285,5 +292,5 @@ pub fn in_child_process(name: &str) -> bool {
         out.status.success() && text.contains("1 passed"),
         "the child process running {name} failed:\n{text}"
     );
-    false
+    text
 }

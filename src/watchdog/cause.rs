@@ -1,0 +1,530 @@
+//! Why a worker is stuck: what its thread did with its time during the
+//! stall ([`CpuAccount`], from `/proc/self/task/TID/schedstat`, the
+//! cgroup's throttling and the machine's steal time), the verdict drawn from
+//! it ([`StallCause`]), and pauses of the whole process (SIGSTOP, a frozen
+//! cgroup, a paused VM), which are never stalls.
+//!
+//! A thread is only timed once it may be stuck: at each check, the threads
+//! in an instrumented poll for a check interval or longer, and the threads
+//! of a runtime with a worker whose metrics stood still since the last
+//! check, get a reading. A report's figures run from the first reading
+//! taken in its stall to the report: they cover the stall but for its
+//! first check interval or two.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Serialize, Serializer};
+
+use super::cgroup::{Cgroup, CpuStat};
+
+/// Why a worker is stuck, from what its thread did with its time during the
+/// stall ([`StallReport::cpu`](crate::StallReport::cpu)): the largest of
+/// its time waiting in the kernel, on a CPU, and runnable but waiting for a
+/// CPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StallCause {
+    /// Waiting in the kernel most of the stall: a sleep, a lock, I/O, a
+    /// child process. Look at the call the stack ends in.
+    Blocked,
+    /// On a CPU most of the stall: the code loops or computes, or a system
+    /// call works on a CPU (a large read or copy). Look at the culprit.
+    Busy,
+    /// Runnable but waiting for a CPU most of the stall: held back by the
+    /// cgroup's CPU limit, by other threads on the same CPUs, or by the host
+    /// (steal). The code may be fine: look at the CPU limit and the load.
+    Starved,
+    /// Not known: the thread's times could not be read (not Linux, the
+    /// thread not found, or too little of the stall seen).
+    #[default]
+    Unknown,
+}
+
+impl StallCause {
+    /// The cause as it appears in JSON and in the metric's `cause` label:
+    /// `"blocked"`, `"busy"`, `"starved"` or `"unknown"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StallCause::Blocked => "blocked",
+            StallCause::Busy => "busy",
+            StallCause::Starved => "starved",
+            StallCause::Unknown => "unknown",
+        }
+    }
+
+    /// Every cause, in the order above.
+    pub const ALL: [StallCause; 4] = [
+        StallCause::Blocked,
+        StallCause::Busy,
+        StallCause::Starved,
+        StallCause::Unknown,
+    ];
+}
+
+impl fmt::Display for StallCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// CPU throttling of the process's cgroup by its CPU limit, over a span.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
+#[non_exhaustive]
+pub struct Throttling {
+    /// The cgroup's CPU limit in cores (quota / period), where one is set.
+    pub cpu_limit_cores: Option<f64>,
+    /// Enforcement periods (usually 100 ms) in the span.
+    pub periods: u64,
+    /// Periods in which the cgroup used up its quota and was held back.
+    pub throttled_periods: u64,
+    /// How long the cgroup's threads were held back in all.
+    #[serde(rename = "throttled_seconds", serialize_with = "as_seconds")]
+    pub throttled: Duration,
+}
+
+/// What the stuck thread did with its time during the stall so far
+/// (Linux: `/proc/self/task/TID/schedstat`, the cgroup's `cpu.stat`,
+/// `/proc/stat`).
+///
+/// `on_cpu + waiting_for_cpu + off_cpu = span`, and `span` is the stall so
+/// far but for its start: the thread's first reading is taken at the first
+/// check that sees it stuck (within a check interval or two of the stall's
+/// start).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
+#[non_exhaustive]
+pub struct CpuAccount {
+    /// The part of the stall the figures cover, up to the report.
+    #[serde(rename = "span_seconds", serialize_with = "as_seconds")]
+    pub span: Duration,
+    /// Time running on a CPU, in user code or in the kernel.
+    #[serde(rename = "on_cpu_seconds", serialize_with = "as_seconds")]
+    pub on_cpu: Duration,
+    /// Time runnable but waiting for a CPU (run-queue delay; throttling by
+    /// the cgroup's CPU limit counts here).
+    #[serde(rename = "waiting_for_cpu_seconds", serialize_with = "as_seconds")]
+    pub waiting_for_cpu: Duration,
+    /// Time off any CPU and not runnable: waiting in the kernel (a sleep,
+    /// a lock, I/O). The rest of the span.
+    #[serde(rename = "off_cpu_seconds", serialize_with = "as_seconds")]
+    pub off_cpu: Duration,
+    /// The cgroup's CPU throttling over the span, where the process is in a
+    /// cgroup with the CPU controller.
+    pub throttling: Option<Throttling>,
+    /// The machine's steal time over the span, all CPUs together, where
+    /// not zero: time the host ran something else on this VM's CPUs.
+    #[serde(rename = "steal_seconds", serialize_with = "opt_seconds")]
+    pub steal: Option<Duration>,
+}
+
+impl CpuAccount {
+    /// The cause these figures show: the largest of `off_cpu` (blocked),
+    /// `on_cpu` (busy) and `waiting_for_cpu` (starved); unknown for an
+    /// empty span.
+    pub fn cause(&self) -> StallCause {
+        if self.span.is_zero() {
+            return StallCause::Unknown;
+        }
+        let (on, wait, off) = (self.on_cpu, self.waiting_for_cpu, self.off_cpu);
+        if wait >= on && wait >= off {
+            StallCause::Starved
+        } else if on >= off {
+            StallCause::Busy
+        } else {
+            StallCause::Blocked
+        }
+    }
+}
+
+impl fmt::Display for CpuAccount {
+    /// `on a CPU 0.3 s, waiting for one 2.9 s, waiting in the kernel 0.0 s
+    /// of 3.2 s; the cgroup's CPU limit (0.10 cores) throttled 32 of 39
+    /// periods, 2.8 s`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "on a CPU {:.1} s, waiting for one {:.1} s, waiting in the kernel {:.1} s of {:.1} s",
+            self.on_cpu.as_secs_f64(),
+            self.waiting_for_cpu.as_secs_f64(),
+            self.off_cpu.as_secs_f64(),
+            self.span.as_secs_f64()
+        )?;
+        if let Some(t) = &self.throttling {
+            if t.throttled_periods > 0 {
+                f.write_str("; the cgroup's CPU limit")?;
+                if let Some(cores) = t.cpu_limit_cores {
+                    write!(f, " ({cores:.2} cores)")?;
+                }
+                write!(
+                    f,
+                    " throttled {} of {} periods, {:.1} s",
+                    t.throttled_periods,
+                    t.periods,
+                    t.throttled.as_secs_f64()
+                )?;
+            }
+        }
+        if let Some(steal) = self.steal {
+            write!(
+                f,
+                "; the host stole {:.1} s of CPU time",
+                steal.as_secs_f64()
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn as_seconds<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+fn opt_seconds<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
+}
+
+/// A thread's times so far (`/proc/self/task/TID/schedstat`), in ns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ThreadTimes {
+    pub(crate) on_cpu_ns: u64,
+    pub(crate) waiting_ns: u64,
+}
+
+/// Thread `tid`'s times, on Linux.
+pub(crate) fn thread_times(tid: i64) -> Option<ThreadTimes> {
+    #[cfg(target_os = "linux")]
+    {
+        let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
+        let mut it = text.split_whitespace();
+        Some(ThreadTimes {
+            on_cpu_ns: it.next()?.parse().ok()?,
+            waiting_ns: it.next()?.parse().ok()?,
+        })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = tid;
+        None
+    }
+}
+
+/// The calling thread's kernel id (0 off Linux).
+pub(crate) fn own_tid() -> i64 {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no preconditions.
+        i64::from(unsafe { libc::gettid() })
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        0
+    }
+}
+
+/// Readings of the whole machine and cgroup, taken with a thread's.
+#[derive(Debug, Clone, Copy, Default)]
+struct HostPoint {
+    steal_ns: Option<u64>,
+    cpu: Option<CpuStat>,
+}
+
+/// One reading of a thread.
+#[derive(Debug, Clone, Copy)]
+struct Point {
+    at: u64,
+    times: ThreadTimes,
+    host: HostPoint,
+}
+
+/// Readings kept per thread: enough for long stalls, thinned by half when
+/// full (the first kept).
+const MAX_POINTS: usize = 32;
+
+/// The threads timed at most (their readings, and those of a runtime's
+/// unknown threads, are bounded by this).
+pub(crate) const MAX_TIMED: usize = 256;
+
+/// How often the process's cgroup is looked up again (it may move).
+const CGROUP_EVERY_NS: u64 = 10_000_000_000;
+
+/// Times the threads that may be stuck, check by check.
+#[derive(Debug, Default)]
+pub(crate) struct CpuTracker {
+    threads: HashMap<i64, Vec<Point>>,
+    cgroup: Cgroup,
+    cgroup_at: u64,
+    cpu_limit: Option<f64>,
+}
+
+impl CpuTracker {
+    fn cgroup(&mut self, now: u64) -> &Cgroup {
+        if self.cgroup_at == 0 || now.saturating_sub(self.cgroup_at) >= CGROUP_EVERY_NS {
+            self.cgroup = Cgroup::discover();
+            self.cgroup_at = now;
+            self.cpu_limit = self.cgroup.cpu().0;
+        }
+        &self.cgroup
+    }
+
+    fn host(&mut self, now: u64) -> HostPoint {
+        let cpu = self.cgroup(now).throttling();
+        HostPoint {
+            steal_ns: super::cgroup::steal_ns(),
+            cpu,
+        }
+    }
+
+    /// Takes a reading of each thread in `suspects` (at most
+    /// [`MAX_TIMED`]); threads not in it are forgotten.
+    pub(crate) fn observe(&mut self, now: u64, suspects: &[i64]) {
+        self.threads.retain(|tid, _| suspects.contains(tid));
+        if suspects.is_empty() {
+            return;
+        }
+        let host = self.host(now);
+        for &tid in suspects.iter().take(MAX_TIMED) {
+            let Some(times) = thread_times(tid) else {
+                continue;
+            };
+            let points = self.threads.entry(tid).or_default();
+            if points.len() >= MAX_POINTS {
+                let mut i = 0;
+                points.retain(|_| {
+                    i += 1;
+                    i % 2 == 1
+                });
+            }
+            points.push(Point {
+                at: now,
+                times,
+                host,
+            });
+        }
+    }
+
+    /// What thread `tid` did with its time since the first reading taken
+    /// at or after `since` (the stall's start), up to now.
+    ///
+    /// The figures run to this check's reading, taken when the check began
+    /// (the report's `stalled_for` is measured to the same instant), so that
+    /// the time a report takes to find the thread and its stack is not in
+    /// them; to a reading taken now when this check took none.
+    pub(crate) fn account(&mut self, tid: i64, since: u64) -> Option<CpuAccount> {
+        let points = self.threads.get(&tid)?;
+        let first = *points.iter().find(|p| p.at >= since)?;
+        let last = *points.last()?;
+        let (now, times, host) = if last.at > first.at {
+            (last.at, last.times, last.host)
+        } else {
+            let now = crate::clock::now_ns();
+            let times = thread_times(tid)?;
+            (now, times, self.host(now))
+        };
+        let span = now.saturating_sub(first.at);
+        let on = times.on_cpu_ns.saturating_sub(first.times.on_cpu_ns);
+        let wait = times.waiting_ns.saturating_sub(first.times.waiting_ns);
+        // The readings are a moment apart from the clock's: never more than
+        // the span in all.
+        let on = on.min(span);
+        let wait = wait.min(span - on);
+        let off = span - on - wait;
+        // Throttling, where a CPU limit is set or the cgroup was held back.
+        let throttling = match (first.host.cpu, host.cpu) {
+            (Some(a), Some(b)) => Some(Throttling {
+                cpu_limit_cores: self.cpu_limit,
+                periods: b.periods.saturating_sub(a.periods),
+                throttled_periods: b.throttled_periods.saturating_sub(a.throttled_periods),
+                throttled: Duration::from_nanos(b.throttled_ns.saturating_sub(a.throttled_ns)),
+            }),
+            _ => None,
+        }
+        .filter(|t| t.cpu_limit_cores.is_some() || t.throttled_periods > 0);
+        let steal = match (first.host.steal_ns, host.steal_ns) {
+            (Some(a), Some(b)) if b > a => Some(Duration::from_nanos(b - a)),
+            _ => None,
+        };
+        Some(CpuAccount {
+            span: Duration::from_nanos(span),
+            on_cpu: Duration::from_nanos(on),
+            waiting_for_cpu: Duration::from_nanos(wait),
+            off_cpu: Duration::from_nanos(off),
+            throttling,
+            steal,
+        })
+    }
+}
+
+/// A pause of the whole process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pause {
+    /// When it ended (ns): the check that noticed it.
+    pub(crate) end: u64,
+    pub(crate) len: u64,
+}
+
+/// The pauses shorter than this are not told from a late wake-up.
+const MIN_PAUSE_NS: u64 = 100_000_000;
+
+/// Pauses kept to correct the ages of stalls.
+const MAX_PAUSES: usize = 16;
+
+/// Tells pauses of the whole process (SIGSTOP, a frozen cgroup, a paused
+/// VM) from the watchdog thread's own times: between two checks it sleeps
+/// for the check interval, then waits for a CPU (its run-queue delay) and
+/// runs. A wake-up later than that by more than its time waiting for and on
+/// a CPU explains was a time nothing of the process could run: stopped or
+/// frozen threads are neither running nor runnable.
+#[derive(Debug)]
+pub(crate) struct PauseDetector {
+    tid: i64,
+    interval_ns: u64,
+    last: Option<(u64, ThreadTimes)>,
+    pauses: Vec<Pause>,
+}
+
+impl PauseDetector {
+    pub(crate) fn new(interval: Duration) -> Self {
+        PauseDetector {
+            tid: 0,
+            interval_ns: crate::clock::nanos(interval),
+            last: None,
+            pauses: Vec::new(),
+        }
+    }
+
+    /// At the start of a check (`now`): whether the process was paused
+    /// since the end of the last one, and for how long.
+    pub(crate) fn check_started(&mut self, now: u64) -> Option<Pause> {
+        if self.tid == 0 {
+            self.tid = own_tid();
+        }
+        let times = thread_times(self.tid)?;
+        let (end, before) = self.last.take()?;
+        let gap = now.saturating_sub(end);
+        let explained = self.interval_ns
+            + times.on_cpu_ns.saturating_sub(before.on_cpu_ns)
+            + times.waiting_ns.saturating_sub(before.waiting_ns);
+        let unexplained = gap.saturating_sub(explained);
+        if unexplained < MIN_PAUSE_NS.max(self.interval_ns) {
+            return None;
+        }
+        let pause = Pause {
+            end: now,
+            len: unexplained,
+        };
+        if self.pauses.len() >= MAX_PAUSES {
+            self.pauses.remove(0);
+        }
+        self.pauses.push(pause);
+        Some(pause)
+    }
+
+    /// At the end of a check.
+    pub(crate) fn check_ended(&mut self, now: u64) {
+        if self.tid == 0 {
+            self.tid = own_tid();
+        }
+        self.last = thread_times(self.tid).map(|t| (now, t));
+    }
+
+    /// How long the process was paused between `since` and now: taken off
+    /// the age of anything that began at `since`.
+    pub(crate) fn paused_since(&self, since: u64) -> u64 {
+        self.pauses
+            .iter()
+            .filter(|p| p.end > since)
+            .map(|p| p.len.min(p.end - since))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn account(on: u64, wait: u64, off: u64) -> CpuAccount {
+        CpuAccount {
+            span: Duration::from_millis(on + wait + off),
+            on_cpu: Duration::from_millis(on),
+            waiting_for_cpu: Duration::from_millis(wait),
+            off_cpu: Duration::from_millis(off),
+            throttling: None,
+            steal: None,
+        }
+    }
+
+    #[test]
+    fn the_largest_share_is_the_cause() {
+        assert_eq!(account(300, 2900, 0).cause(), StallCause::Starved);
+        assert_eq!(account(2900, 300, 0).cause(), StallCause::Busy);
+        assert_eq!(account(10, 5, 2900).cause(), StallCause::Blocked);
+        assert_eq!(account(0, 0, 0).cause(), StallCause::Unknown);
+        assert_eq!(account(1000, 400, 900).cause(), StallCause::Busy);
+    }
+
+    #[test]
+    fn the_account_says_what_held_it_back() {
+        let mut a = account(300, 2900, 0);
+        a.throttling = Some(Throttling {
+            cpu_limit_cores: Some(0.1),
+            periods: 39,
+            throttled_periods: 32,
+            throttled: Duration::from_millis(2800),
+        });
+        assert_eq!(
+            a.to_string(),
+            "on a CPU 0.3 s, waiting for one 2.9 s, waiting in the kernel 0.0 s of 3.2 s; \
+             the cgroup's CPU limit (0.10 cores) throttled 32 of 39 periods, 2.8 s"
+        );
+        let json = serde_json::to_value(a).unwrap();
+        assert_eq!(json["waiting_for_cpu_seconds"], 2.9);
+        assert_eq!(json["throttling"]["throttled_periods"], 32);
+        assert_eq!(json["steal_seconds"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn pauses_are_taken_off_the_ages_that_span_them() {
+        let mut d = PauseDetector::new(Duration::from_millis(100));
+        d.pauses.push(Pause {
+            end: 10_000,
+            len: 4_000,
+        });
+        assert_eq!(d.paused_since(1_000), 4_000);
+        assert_eq!(d.paused_since(8_000), 2_000);
+        assert_eq!(d.paused_since(10_000), 0);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_thread_that_sleeps_is_off_cpu_and_one_that_spins_on_it() {
+        let tid = own_tid();
+        let mut tracker = CpuTracker::default();
+        let start = crate::clock::now_ns();
+        tracker.observe(start, &[tid]);
+        std::thread::sleep(Duration::from_millis(300));
+        let slept = tracker.account(tid, start).unwrap();
+        assert!(slept.span >= Duration::from_millis(300), "{slept:?}");
+        assert!(slept.off_cpu >= Duration::from_millis(250), "{slept:?}");
+        assert_eq!(slept.cause(), StallCause::Blocked, "{slept:?}");
+        let start = crate::clock::now_ns();
+        tracker.observe(start, &[tid]);
+        let until = std::time::Instant::now() + Duration::from_millis(300);
+        while std::time::Instant::now() < until {
+            std::hint::spin_loop();
+        }
+        let spun = tracker.account(tid, start).unwrap();
+        assert!(
+            spun.on_cpu + spun.waiting_for_cpu >= Duration::from_millis(250),
+            "{spun:?}"
+        );
+        assert_eq!(spun.on_cpu + spun.waiting_for_cpu + spun.off_cpu, spun.span);
+        // A thread no longer suspected is forgotten.
+        tracker.observe(crate::clock::now_ns(), &[]);
+        assert!(tracker.account(tid, start).is_none());
+    }
+}
