@@ -1,7 +1,10 @@
 //! Measures the CPU time of the watchdog thread per second of wall time, at
 //! the default check interval: with one and with eight watched runtimes
-//! running instrumented work, and with one runtime holding 10,000 live
-//! instrumented tasks (scanned for hung tasks every second).
+//! running instrumented work, with one runtime holding 10,000 live
+//! instrumented tasks (scanned for hung tasks every second), and with one
+//! runtime whose two workers run polls of 150 ms back to back (longer than
+//! a check interval, shorter than the stall threshold: its threads are
+//! timed at every check, as threads that may be stuck are).
 //!
 //! ```text
 //! cargo run --release --example watchdog_cost -- --seconds 10
@@ -35,9 +38,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let wall = Duration::from_secs_f64(seconds);
     baseline(wall)?;
     for runtimes in [1, 8] {
-        measure(runtimes, wall, 0)?;
+        measure(runtimes, wall, 0, false)?;
     }
-    measure(1, wall, 10_000)?;
+    measure(1, wall, 10_000, false)?;
+    measure(1, wall, 0, true)?;
     Ok(())
 }
 
@@ -81,7 +85,12 @@ fn report(what: &str, used: Duration, elapsed: Duration, interval: Duration) {
     );
 }
 
-fn measure(runtimes: usize, wall: Duration, live: usize) -> Result<(), Box<dyn std::error::Error>> {
+fn measure(
+    runtimes: usize,
+    wall: Duration,
+    live: usize,
+    long_polls: bool,
+) -> Result<(), Box<dyn std::error::Error>> {
     let watchdog = Watchdog::builder().start()?;
     let rts: Vec<tokio::runtime::Runtime> = (0..runtimes)
         .map(|_| {
@@ -105,6 +114,23 @@ fn measure(runtimes: usize, wall: Duration, live: usize) -> Result<(), Box<dyn s
             );
         }
     }
+    // Uninstrumented polls of 150 ms on both workers of the first runtime:
+    // its metrics stand still from check to check.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let long: Vec<_> = (0..if long_polls { 2 } else { 0 })
+        .map(|_| {
+            let stop = stop.clone();
+            rts[0].spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let until = Instant::now() + Duration::from_millis(150);
+                    while Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
     let parked: Vec<_> = {
         let _enter = rts[0].enter();
         (0..live)
@@ -121,7 +147,8 @@ fn measure(runtimes: usize, wall: Duration, live: usize) -> Result<(), Box<dyn s
     let (c1, t1) = (cpu()?, Instant::now());
     report(
         &format!(
-            "watchdog thread, {runtimes} runtime(s) x 2 workers, {live} live tasks, check every {:?}",
+            "watchdog thread, {runtimes} runtime(s) x 2 workers, {live} live tasks{}, check every {:?}",
+            if long_polls { ", polls of 150 ms on both workers" } else { "" },
             watchdog.check_interval()
         ),
         c1.saturating_sub(c0),
@@ -130,6 +157,10 @@ fn measure(runtimes: usize, wall: Duration, live: usize) -> Result<(), Box<dyn s
     );
     for task in parked {
         task.abort();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in long {
+        rts[0].block_on(task)?;
     }
     watchdog.shutdown();
     Ok(())

@@ -126,6 +126,21 @@ pub enum Error {
         reason: &'static str,
     },
 
+    /// An environment variable read by
+    /// [`WatchdogBuilder::from_env`](crate::WatchdogBuilder::from_env),
+    /// [`ExporterBuilder::from_env`](crate::ExporterBuilder::from_env) or
+    /// `#[loopwatch::main]` has a value it does not accept, or one that
+    /// cannot work (see [`loopwatch::env`](crate::env)).
+    #[error("loopwatch: environment variable {variable}={value:?} is not valid: {expected}")]
+    InvalidEnv {
+        /// The variable.
+        variable: &'static str,
+        /// Its value.
+        value: String,
+        /// What it accepts, or why the value cannot work.
+        expected: String,
+    },
+
     /// The operating system refused to start a loopwatch thread.
     #[error("loopwatch: could not start a thread: {0}")]
     Thread(#[source] std::io::Error),

@@ -112,6 +112,35 @@ impl Drop for Exporter {
 }
 
 impl ExporterBuilder {
+    /// An exporter configured from the environment: `Some` with
+    /// [`bind`](Self::bind) set to `LOOPWATCH_ADDR` (an IP address and a
+    /// port, e.g. `0.0.0.0:9377`), `None` when that variable is unset or
+    /// empty (no exporter wanted) or `LOOPWATCH=off`. Settings called on
+    /// the builder afterwards win over the environment.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), loopwatch::Error> {
+    /// let watchdog = loopwatch::WatchdogBuilder::from_env()?.start()?;
+    /// // LOOPWATCH_ADDR=0.0.0.0:9377 ./service
+    /// let exporter = match loopwatch::ExporterBuilder::from_env()? {
+    ///     Some(builder) => Some(builder.start(&watchdog)?),
+    ///     None => None,
+    /// };
+    /// # drop(exporter); watchdog.shutdown();
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidEnv`]: `LOOPWATCH_ADDR` is not an address and a port,
+    /// or `LOOPWATCH` is neither on nor off.
+    pub fn from_env() -> Result<Option<ExporterBuilder>, Error> {
+        if crate::env::turned_off()? {
+            return Ok(None);
+        }
+        Ok(crate::env::addr()?.map(|addr| Exporter::builder().bind(addr)))
+    }
+
     /// The address to listen on. Default: `127.0.0.1:9377`; port 0 lets the OS choose.
     pub fn bind(mut self, addr: SocketAddr) -> Self {
         self.bind = addr;

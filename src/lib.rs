@@ -102,12 +102,14 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod clock;
+pub mod env;
 mod error;
 #[cfg(feature = "exporter")]
 mod exporter;
 mod health;
 mod instrument;
 pub mod metric_names;
+mod setup;
 #[cfg(feature = "spans")]
 #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
 pub mod spans;
@@ -175,9 +177,52 @@ pub use instrument::watched::{WatchExt, Watched};
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use loopwatch_macros::instrument_blocking;
+/// `#[tokio::main]` with loopwatch set up around it: the one line to adopt
+/// it.
+///
+/// ```no_run
+/// #[loopwatch::main]
+/// async fn main() -> Result<(), Box<dyn std::error::Error>> {
+///     // LOOPWATCH_ADDR=0.0.0.0:9377 serves /metrics and /health.
+///     Ok(())
+/// }
+/// ```
+///
+/// It takes `#[tokio::main]`'s arguments with their meaning and errors:
+/// `flavor = "multi_thread"` (the default) or `"current_thread"`,
+/// `worker_threads = N` (multi-thread only), `start_paused = true`
+/// (current-thread only, with tokio's `test-util` feature), and
+/// `crate = "path"` for loopwatch renamed. Then, before the body runs:
+///
+/// 1. the runtime is built with [`install_runtime_hooks`] (the stronger
+///    detection: every stuck worker's thread is known) and `enable_all`;
+/// 2. the watchdog starts from [`WatchdogBuilder::from_env`] (settings from
+///    the `LOOPWATCH_*` variables, see [`env`](mod@env));
+/// 3. the runtime is watched as `"main"`;
+/// 4. with `LOOPWATCH_ADDR` set (e.g. `0.0.0.0:9377`), the [`Exporter`]
+///    starts on it.
+///
+/// When the body returns, the exporter and the watchdog shut down and its
+/// value (`()` or a `Result`) is `main`'s. `LOOPWATCH=off` runs the body on
+/// the same runtime without hooks, watchdog or exporter. A `LOOPWATCH_*`
+/// value that is not valid, or an address that cannot be bound, ends the
+/// process before the body runs, with the error on stderr and exit status 2:
+/// a typo in a deployment shows at once rather than leaving it unwatched.
+///
+/// Install the `tracing` subscriber (and [`spans::layer()`] for the
+/// request in each report) first thing in the body: the watchdog logs
+/// through it from then on.
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+pub use loopwatch_macros::main;
 pub use watchdog::{CpuAccount, StallCause, StallReport, Throttling, Watchdog, WatchdogBuilder};
 
 /// The README's examples, compiled and run as doc tests.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
+
+/// The guide's examples, compiled and run as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide.md")]
+struct GuideDoctests;

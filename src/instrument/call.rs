@@ -222,6 +222,9 @@ pub(crate) fn on_async_worker() -> bool {
 pub mod __private {
     use super::*;
 
+    pub use crate::setup::run_main;
+    pub use tokio;
+
     /// One instrumented function: its name and thresholds, resolved once.
     #[derive(Debug)]
     pub struct CallSite {

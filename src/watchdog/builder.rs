@@ -25,6 +25,13 @@ pub(crate) struct Config {
     pub(crate) notify_systemd: bool,
     pub(crate) abort_after: Option<Duration>,
     pub(crate) on_stall: Option<Callback>,
+    /// Turned off (`LOOPWATCH=off`): `start()` gives a watchdog that
+    /// watches nothing.
+    pub(crate) off: bool,
+    /// Settings taken from the environment and not set by code since:
+    /// (builder method, variable, value), to name the variable when a value
+    /// cannot work.
+    pub(crate) from_env: Vec<(&'static str, &'static str, String)>,
 }
 
 impl fmt::Debug for Config {
@@ -43,6 +50,7 @@ impl fmt::Debug for Config {
             .field("full_stacks", &self.full_stacks)
             .field("notify_systemd", &self.notify_systemd)
             .field("abort_after", &self.abort_after)
+            .field("off", &self.off)
             .field(
                 "on_stall",
                 &self.on_stall.as_ref().map(|_| "Fn(&StallReport)"),
@@ -92,15 +100,136 @@ impl Default for WatchdogBuilder {
                 notify_systemd: false,
                 abort_after: None,
                 on_stall: None,
+                off: false,
+                from_env: Vec::new(),
             },
         }
     }
 }
 
 impl WatchdogBuilder {
+    /// The default settings with those the environment gives applied (see
+    /// [`loopwatch::env`](crate::env) for the variables and what they
+    /// accept): `LOOPWATCH_STALL_THRESHOLD`, `LOOPWATCH_BLOCKING_THRESHOLD`,
+    /// `LOOPWATCH_SLOW_CALL_THRESHOLD`, `LOOPWATCH_HUNG_TASK_THRESHOLD`,
+    /// `LOOPWATCH_CHECK_INTERVAL`, `LOOPWATCH_ABORT_AFTER`,
+    /// `LOOPWATCH_NOTIFY_SYSTEMD`, `LOOPWATCH_SAMPLE_STACKS`; with
+    /// `LOOPWATCH=off`, [`start`](Self::start) gives a watchdog that is off
+    /// (it watches nothing, and says so in [`Watchdog::health`]).
+    ///
+    /// **Code wins over the environment**: a setting called on the builder
+    /// after `from_env()` replaces the variable's value. Call the settings
+    /// the environment must not change after it, and the defaults you want
+    /// the environment to be able to change not at all.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), loopwatch::Error> {
+    /// // LOOPWATCH_STALL_THRESHOLD=2s ./service: a 2 s threshold; the
+    /// // callback is the code's.
+    /// let watchdog = loopwatch::WatchdogBuilder::from_env()?
+    ///     .on_stall(|report| eprintln!("{report:#}"))
+    ///     .start()?;
+    /// # watchdog.shutdown();
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidEnv`]: a variable's value is not one it accepts (not
+    /// a duration, not a boolean, not Unicode). A value that parses but
+    /// cannot work (a zero threshold, a stall threshold under the check
+    /// interval) is the same error from [`start`](Self::start), naming the
+    /// variable.
+    pub fn from_env() -> Result<WatchdogBuilder, Error> {
+        use crate::env;
+        let mut b = WatchdogBuilder::default();
+        b.config.off = env::turned_off()?;
+        /// A duration setting: its method, its variable, how to set it.
+        type DurationVar = (&'static str, &'static str, fn(&mut Config, Duration));
+        let durations: [DurationVar; 5] = [
+            ("stall_threshold", "LOOPWATCH_STALL_THRESHOLD", |c, d| {
+                c.stall_threshold = d
+            }),
+            (
+                "blocking_threshold",
+                "LOOPWATCH_BLOCKING_THRESHOLD",
+                |c, d| c.blocking_threshold = d,
+            ),
+            (
+                "slow_call_threshold",
+                "LOOPWATCH_SLOW_CALL_THRESHOLD",
+                |c, d| c.slow_call_threshold = d,
+            ),
+            (
+                "hung_task_threshold",
+                "LOOPWATCH_HUNG_TASK_THRESHOLD",
+                |c, d| c.hung_task_threshold = d,
+            ),
+            ("check_interval", "LOOPWATCH_CHECK_INTERVAL", |c, d| {
+                c.check_interval = d
+            }),
+        ];
+        for (setting, variable, set) in durations {
+            if let Some(d) = env::duration(variable)? {
+                set(&mut b.config, d);
+                b.took_from_env(setting, variable);
+            }
+        }
+        if let Some(after) = env::duration_or_off("LOOPWATCH_ABORT_AFTER")? {
+            b.config.abort_after = after;
+            b.took_from_env("abort_after", "LOOPWATCH_ABORT_AFTER");
+        }
+        if let Some(on) = env::boolean("LOOPWATCH_NOTIFY_SYSTEMD")? {
+            b.config.notify_systemd = on;
+        }
+        if let Some(on) = env::boolean("LOOPWATCH_SAMPLE_STACKS")? {
+            b.config.sample_stacks = on;
+        }
+        Ok(b)
+    }
+
+    fn took_from_env(&mut self, setting: &'static str, variable: &'static str) {
+        let value = crate::env::var(variable).ok().flatten().unwrap_or_default();
+        self.config.from_env.push((setting, variable, value));
+    }
+
+    fn set_by_code(&mut self, setting: &'static str) {
+        self.config.from_env.retain(|(s, _, _)| *s != setting);
+    }
+
+    /// A settings error naming a setting that came from the environment,
+    /// told as the variable's.
+    fn blame_env(&self, e: Error) -> Error {
+        let named: Vec<&'static str> = match &e {
+            Error::ZeroDuration { setting, .. } | Error::DurationTooLarge { setting, .. } => {
+                vec![*setting]
+            }
+            Error::CheckIntervalTooShort { .. } => vec!["check_interval"],
+            Error::Inconsistent {
+                smaller, larger, ..
+            } => vec![*smaller, *larger],
+            _ => Vec::new(),
+        };
+        let found = named.iter().find_map(|n| {
+            self.config
+                .from_env
+                .iter()
+                .find(|(setting, _, _)| setting == n)
+        });
+        match found {
+            Some((_, variable, value)) => Error::InvalidEnv {
+                variable,
+                value: value.clone(),
+                expected: e.to_string().trim_start_matches("loopwatch: ").to_owned(),
+            },
+            None => e,
+        }
+    }
+
     /// A worker stuck this long in one poll is stalled.
     /// Default: [`Watchdog::DEFAULT_STALL_THRESHOLD`] (5 s).
     pub fn stall_threshold(mut self, threshold: Duration) -> Self {
+        self.set_by_code("stall_threshold");
         self.config.stall_threshold = threshold;
         self
     }
@@ -109,6 +238,7 @@ impl WatchdogBuilder {
     /// Must be shorter than the stall threshold.
     /// Default: [`Watchdog::DEFAULT_BLOCKING_THRESHOLD`] (100 ms).
     pub fn blocking_threshold(mut self, threshold: Duration) -> Self {
+        self.set_by_code("blocking_threshold");
         self.config.blocking_threshold = threshold;
         self
     }
@@ -116,6 +246,7 @@ impl WatchdogBuilder {
     /// An instrumented call this long is slow.
     /// Default: [`Watchdog::DEFAULT_SLOW_CALL_THRESHOLD`] (2 s).
     pub fn slow_call_threshold(mut self, threshold: Duration) -> Self {
+        self.set_by_code("slow_call_threshold");
         self.config.slow_call_threshold = threshold;
         self
     }
@@ -125,6 +256,7 @@ impl WatchdogBuilder {
     /// the threshold plus a tenth.
     /// Default: [`Watchdog::DEFAULT_HUNG_TASK_THRESHOLD`] (60 s).
     pub fn hung_task_threshold(mut self, threshold: Duration) -> Self {
+        self.set_by_code("hung_task_threshold");
         self.config.hung_task_threshold = threshold;
         self
     }
@@ -134,6 +266,7 @@ impl WatchdogBuilder {
     /// noise). Must be at least 1 ms and shorter than the stall threshold.
     /// Default: [`Watchdog::DEFAULT_CHECK_INTERVAL`] (100 ms).
     pub fn check_interval(mut self, interval: Duration) -> Self {
+        self.set_by_code("check_interval");
         self.config.check_interval = interval;
         self
     }
@@ -166,6 +299,7 @@ impl WatchdogBuilder {
     /// reported as stalled, marked unconfirmed
     /// ([`StallReport::unconfirmed`]).
     pub fn sample_stacks(mut self, enabled: bool) -> Self {
+        self.set_by_code("sample_stacks");
         self.config.sample_stacks = enabled;
         self
     }
@@ -258,6 +392,7 @@ impl WatchdogBuilder {
     /// # Ok(()) }
     /// ```
     pub fn notify_systemd(mut self, enabled: bool) -> Self {
+        self.set_by_code("notify_systemd");
         self.config.notify_systemd = enabled;
         self
     }
@@ -285,6 +420,7 @@ impl WatchdogBuilder {
     /// # Ok(()) }
     /// ```
     pub fn abort_after(mut self, after: Duration) -> Self {
+        self.set_by_code("abort_after");
         self.config.abort_after = Some(after);
         self
     }
@@ -412,11 +548,16 @@ impl WatchdogBuilder {
     ///   [`Error::CheckIntervalTooShort`], [`Error::Inconsistent`],
     ///   [`Error::ZeroReportRate`], [`Error::InvalidSetting`]: a setting
     ///   cannot work; the message says which and what to change.
+    /// - [`Error::InvalidEnv`]: the same, for a setting taken from the
+    ///   environment by [`from_env`](Self::from_env): it names the variable.
     /// - [`Error::AlreadyRunning`]: another watchdog runs in this process.
     ///   Share the first one (it is `Clone`) or shut it down first.
     /// - [`Error::Thread`]: the OS refused to start the thread.
     pub fn start(self) -> Result<Watchdog, Error> {
-        self.validate()?;
+        self.validate().map_err(|e| self.blame_env(e))?;
+        if self.config.off {
+            return Ok(Watchdog::off(self.config));
+        }
         Watchdog::launch(self.config)
     }
 }

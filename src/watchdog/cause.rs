@@ -166,7 +166,9 @@ impl fmt::Display for CpuAccount {
                 )?;
             }
         }
-        if let Some(steal) = self.steal {
+        // Steal is the whole machine's: worth a word when it is a twentieth
+        // of the span or more.
+        if let Some(steal) = self.steal.filter(|s| *s * 20 >= self.span) {
             write!(
                 f,
                 "; the host stole {:.1} s of CPU time",

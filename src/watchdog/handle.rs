@@ -23,6 +23,10 @@ use crate::{Error, Health};
 /// id here but none of its threads, so it may start its own.
 static RUNNING: AtomicU32 = AtomicU32::new(0);
 
+/// The running watchdog, for [`Watchdog::current`]; weak, so that it stops
+/// when the application drops its last handle.
+static CURRENT: Mutex<std::sync::Weak<Inner>> = Mutex::new(std::sync::Weak::new());
+
 /// Takes the one-watchdog slot for this process.
 fn claim_running() -> Result<(), Error> {
     let me = std::process::id();
@@ -186,6 +190,37 @@ impl Watchdog {
         WatchdogBuilder::default()
     }
 
+    /// A watchdog that is off (`LOOPWATCH=off`): no thread, nothing
+    /// watched; [`watch_runtime`](Self::watch_runtime) checks the name and
+    /// does nothing, [`health`](Self::health) says it is off.
+    pub(super) fn off(config: Config) -> Watchdog {
+        let health = Health {
+            issues: vec!["loopwatch is off (LOOPWATCH=off): nothing is watched".to_owned()],
+            ..Health::default()
+        };
+        Watchdog {
+            inner: Arc::new(Inner {
+                shared: Arc::new(Shared {
+                    config,
+                    runtimes: Mutex::new(Vec::new()),
+                    health: Mutex::new(Arc::new(health)),
+                    process: Mutex::new(ProcessStats::default()),
+                    next_serial: AtomicU64::new(1),
+                    callback: Arc::default(),
+                    pid: std::process::id(),
+                    stopped: AtomicBool::new(true),
+                }),
+                threads: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// Whether this watchdog is off (`LOOPWATCH=off` with
+    /// [`WatchdogBuilder::from_env`]): it watches nothing.
+    pub fn is_off(&self) -> bool {
+        self.inner.shared.config.off
+    }
+
     /// Starts the watchdog thread with validated settings.
     pub(super) fn launch(config: Config) -> Result<Watchdog, Error> {
         claim_running()?;
@@ -231,16 +266,36 @@ impl Watchdog {
             .name("loopwatch-watchdog".into())
             .spawn(move || check::run(checker, &stop_rx))
             .map_err(failed)?;
-        Ok(Watchdog {
-            inner: Arc::new(Inner {
-                shared,
-                threads: Mutex::new(Some(Threads {
-                    stop: stop_tx,
-                    watchdog,
-                    callback,
-                })),
-            }),
-        })
+        let inner = Arc::new(Inner {
+            shared,
+            threads: Mutex::new(Some(Threads {
+                stop: stop_tx,
+                watchdog,
+                callback,
+            })),
+        });
+        *CURRENT.lock() = Arc::downgrade(&inner);
+        Ok(Watchdog { inner })
+    }
+
+    /// The watchdog running in this process, if one is: the one
+    /// `#[loopwatch::main]` started, for its [`health`](Self::health) in a
+    /// handler of your own. `None` once it is shut down, and in a child
+    /// process made by `fork()`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), loopwatch::Error> {
+    /// let watchdog = loopwatch::Watchdog::builder().start()?;
+    /// let same = loopwatch::Watchdog::current().expect("running");
+    /// assert_eq!(same.health().status, loopwatch::Status::Healthy);
+    /// watchdog.shutdown();
+    /// assert!(loopwatch::Watchdog::current().is_none());
+    /// # Ok(()) }
+    /// ```
+    pub fn current() -> Option<Watchdog> {
+        let inner = CURRENT.lock().upgrade()?;
+        let watchdog = Watchdog { inner };
+        watchdog.is_running().then_some(watchdog)
     }
 
     /// Watches a runtime under `name`: its workers are checked at every
@@ -263,6 +318,9 @@ impl Watchdog {
     pub fn watch_runtime(&self, name: &str, handle: &Handle) -> Result<(), Error> {
         let shared = &self.inner.shared;
         validate_name(name)?;
+        if shared.config.off {
+            return Ok(());
+        }
         let mut runtimes = shared.runtimes.lock();
         if shared.stopped.load(Relaxed) || shared.forked() {
             return Err(Error::ShutDown);

@@ -17,7 +17,8 @@ use crate::clock::unix_seconds;
 /// flagged and again at each escalation (2x, 4x, ... the stall threshold).
 ///
 /// Its `Display` form is the one-line summary used in logs and in
-/// [`Health::issues`](crate::Health::issues). It serializes (serde) with
+/// [`Health::issues`](crate::Health::issues); the alternate form
+/// (`{report:#}`) adds the stack, one frame a line, or why there is none. It serializes (serde) with
 /// `stalled_for` as `stalled_for_seconds`, a number of seconds.
 ///
 /// ```
@@ -150,6 +151,10 @@ impl fmt::Display for StallReport {
         }
         if let Some(why) = &self.unconfirmed {
             write!(f, " (unconfirmed: {why})")?;
+        }
+        // `{report:#}`: the stack too, or why there is none.
+        if f.alternate() {
+            f.write_str(&self.stack_text())?;
         }
         Ok(())
     }

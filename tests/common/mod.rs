@@ -278,6 +278,17 @@ pub fn in_child_process(name: &str) -> bool {
 /// Runs test `name` of this test binary in a child process with `env` set,
 /// asserts that it passed, and returns its output.
 pub fn run_child_process(name: &str, env: &[(&str, &str)]) -> String {
+    let (code, text) = child_process(name, env);
+    assert!(
+        code == Some(0) && text.contains("1 passed"),
+        "the child process running {name} failed:\n{text}"
+    );
+    text
+}
+
+/// Runs test `name` of this test binary in a child process with `env` set;
+/// returns its exit status and its output (stdout, then stderr).
+pub fn child_process(name: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .args([name, "--exact", "--nocapture", "--test-threads", "1"])
         .envs(env.iter().copied())
@@ -288,9 +299,5 @@ pub fn run_child_process(name: &str, env: &[(&str, &str)]) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.status.success() && text.contains("1 passed"),
-        "the child process running {name} failed:\n{text}"
-    );
-    text
+    (out.status.code(), text)
 }

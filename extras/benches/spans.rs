@@ -9,7 +9,7 @@
 //!   and with the `fmt` layer (which formats its fields too).
 //!
 //! ```text
-//! cargo bench --bench spans
+//! cargo bench -p loopwatch-extras --bench spans
 //! ```
 
 use criterion::{criterion_group, criterion_main, Criterion};

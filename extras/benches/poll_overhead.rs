@@ -15,7 +15,7 @@
 //!   no cross-thread wake-up hides the cost of a spawn and a task's end.
 //!
 //! ```text
-//! cargo bench --bench poll_overhead
+//! cargo bench -p loopwatch-extras --bench poll_overhead
 //! ```
 
 use std::future::Future;

@@ -1,4 +1,4 @@
-//! Compile-time behaviour of `#[instrument_blocking]`: what compiles, and the
+//! Compile-time behaviour of `#[instrument_blocking]` and `#[loopwatch::main]`: what compiles (and, for `main`, runs), and the
 //! errors for bad arguments, spanned at the offending token.
 
 #[test]

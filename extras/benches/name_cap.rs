@@ -3,7 +3,7 @@
 //! the same run. Its own binary: the cap, once reached, stays reached.
 //!
 //! ```text
-//! cargo bench --bench name_cap
+//! cargo bench -p loopwatch-extras --bench name_cap
 //! ```
 //!
 //! Both cycle over 900 distinct names, more than the per-thread name cache

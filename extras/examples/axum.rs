@@ -5,12 +5,16 @@
 //! request's span: `request{method=GET uri=/report version=HTTP/1.1}`), then
 //! exits by itself.
 //!
+//! It is set up the way a service adopts loopwatch: `#[loopwatch::main]`,
+//! the spans layer, and the exporter from `LOOPWATCH_ADDR`.
+//!
 //! ```text
-//! cargo run --release --example axum
+//! cargo run --release -p loopwatch-extras --example axum
 //! ```
 //!
 //! Leave out the self-test with `--serve` to keep it running:
-//! `curl localhost:3000/report` (blocks a worker for 3 s),
+//! `LOOPWATCH_ADDR=127.0.0.1:9377 cargo run -p loopwatch-extras --example axum -- --serve`, then
+//! `curl localhost:3000/report` (blocks a worker for 6 s, past the 5 s threshold),
 //! `curl localhost:3000/report-offloaded`, and `curl localhost:9377/health`.
 
 use std::io::{Read, Write};
@@ -27,7 +31,7 @@ use tracing_subscriber::Layer as _;
 /// A sync function that takes a while: a report built with blocking I/O.
 #[loopwatch::instrument_blocking(name = "report.build")]
 fn build_report() -> Result<String, std::io::Error> {
-    std::thread::sleep(Duration::from_secs(3)); // stands for sync file or database I/O
+    std::thread::sleep(Duration::from_secs(6)); // stands for sync file or database I/O
     Ok("report ready\n".into())
 }
 
@@ -44,7 +48,7 @@ async fn report_offloaded() -> String {
         .unwrap_or_else(|e| e.to_string())
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+#[loopwatch::main(worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Logs of loopwatch only, and every span for loopwatch's layer, which
     // puts the stuck request's spans (tower-http's `request` span is at
@@ -59,31 +63,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .init();
     let serve = std::env::args().any(|a| a == "--serve");
 
-    let watchdog = loopwatch::Watchdog::builder()
-        .stall_threshold(Duration::from_secs(2))
-        .start()?;
-    watchdog.watch_runtime("http", &tokio::runtime::Handle::current())?;
+    // #[loopwatch::main] started the watchdog and watches this runtime as
+    // "main"; with LOOPWATCH_ADDR it serves /metrics and /health too.
+    let watchdog = loopwatch::Watchdog::current().ok_or("loopwatch is off (LOOPWATCH=off)")?;
+    if serve {
+        return serve_forever().await;
+    }
+    // The self-test asks an exporter of its own, on a port the OS picks.
     let exporter = loopwatch::Exporter::builder()
-        .bind(
-            if serve {
-                "127.0.0.1:9377"
-            } else {
-                "127.0.0.1:0"
-            }
-            .parse()?,
-        )
+        .bind("127.0.0.1:0".parse()?)
         .start(&watchdog)?;
 
-    let app = Router::new()
-        .route("/report", get(report))
-        .route("/report-offloaded", get(report_offloaded))
-        .layer(tower_http::trace::TraceLayer::new_for_http());
-    let listener = tokio::net::TcpListener::bind(if serve {
-        "127.0.0.1:3000"
-    } else {
-        "127.0.0.1:0"
-    })
-    .await?;
+    let app = app();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     println!(
         "serving http://{addr}; metrics and health on http://{}",
@@ -93,11 +85,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "http.server",
         async move { axum::serve(listener, app).await },
     );
-    if serve {
-        server.await??;
-        return Ok(());
-    }
-
     // Self-test from plain threads, as clients would.
     let metrics_at = exporter.local_addr();
     let client = std::thread::spawn(move || -> Result<(), String> {
@@ -106,7 +93,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             fetch(addr, "/report-offloaded")?.trim()
         );
         let blocked = std::thread::spawn(move || fetch(addr, "/report"));
-        std::thread::sleep(Duration::from_millis(2600));
+        std::thread::sleep(Duration::from_millis(5600));
         let health = fetch(metrics_at, "/health")?;
         println!(
             "/health while /report blocks a worker: {}",
@@ -137,7 +124,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or_default();
     println!("the stall's spans: {}", spans.join(" > "));
     exporter.shutdown();
-    watchdog.shutdown();
+    server.abort();
     if c.calls != 2 || c.blocking != 1 {
         return Err("expected 2 calls, 1 of them blocking".into());
     }
@@ -150,6 +137,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     Ok(())
+}
+
+/// The same service on port 3000 until it is stopped.
+async fn serve_forever() -> Result<(), Box<dyn std::error::Error>> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    println!("serving http://127.0.0.1:3000; metrics and health on LOOPWATCH_ADDR");
+    axum::serve(listener, app()).await?;
+    Ok(())
+}
+
+fn app() -> Router {
+    Router::new()
+        .route("/report", get(report))
+        .route("/report-offloaded", get(report_offloaded))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
 /// A plain HTTP/1.1 GET: returns the status line and the body.

@@ -1,8 +1,9 @@
 //! The stuck thread's `tracing` spans in stall reports, the log line, and
 //! `/health`, with `loopwatch::spans::layer()` in the global subscriber
 //! (Linux: the stuck thread is found by its kernel id).
-#![cfg(all(target_os = "linux", feature = "spans"))]
+#![cfg(target_os = "linux")]
 
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::sync::Once;

@@ -1,0 +1,4 @@
+#[loopwatch::main]
+async fn main(args: Vec<String>) {
+    let _ = args;
+}

@@ -1,0 +1,2 @@
+#[loopwatch::main(flavor = "single_thread")]
+async fn main() {}

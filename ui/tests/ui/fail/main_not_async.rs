@@ -1,0 +1,2 @@
+#[loopwatch::main]
+fn main() {}

@@ -1,0 +1,4 @@
+#[loopwatch::main]
+async fn serve() {}
+
+fn main() {}

@@ -1,0 +1,2 @@
+#[loopwatch::main(start_paused = true)]
+async fn main() {}

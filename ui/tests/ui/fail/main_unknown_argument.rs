@@ -1,0 +1,2 @@
+#[loopwatch::main(threads = 2)]
+async fn main() {}

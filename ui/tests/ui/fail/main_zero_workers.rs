@@ -1,0 +1,2 @@
+#[loopwatch::main(worker_threads = 0)]
+async fn main() {}
