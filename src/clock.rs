@@ -11,9 +11,13 @@
 //!   enough for its resolution ([`coarse_min_ns`]).
 //!
 //! Both count nanoseconds of the same clock (the coarse one is the fine one
-//! as of the last tick, never ahead of it, less than a tick behind), so a
-//! stamp taken with either can be compared with a reading of either. Times
-//! are never zero, so that zero can mean "none" in an atomic slot.
+//! as of the kernel's last timekeeping update: never ahead of it, never
+//! going back, but behind by up to two ticks, and by 20 ms and more on a
+//! loaded machine, measured), so a stamp taken with either can be compared
+//! with a reading of either. No bound on that lag is assumed: to order a
+//! stamp against an event, compare it with a coarse reading taken before
+//! the event (a stamp below it was taken before). Times are never zero, so
+//! that zero can mean "none" in an atomic slot.
 
 use std::sync::LazyLock;
 
@@ -127,8 +131,8 @@ pub(crate) fn now_ns() -> u64 {
     imp::fine().max(1)
 }
 
-/// Nanoseconds on the coarse clock (at most one tick behind [`now_ns`]);
-/// always at least 1.
+/// Nanoseconds on the coarse clock (never ahead of [`now_ns`], usually
+/// one or two ticks behind it, more on a loaded machine); always at least 1.
 #[inline(always)]
 pub(crate) fn coarse_ns() -> u64 {
     imp::coarse().max(1)
@@ -153,13 +157,6 @@ pub(crate) fn coarse_min_ns() -> u64 {
 /// The coarse clock's tick in nanoseconds, if there is one.
 pub(crate) fn coarse_tick_ns() -> Option<u64> {
     *COARSE_TICK
-}
-
-/// How much earlier than the instant it marks a stamp may be: one tick of
-/// the coarse clock (0 without one). A stamp `s` marks an instant in
-/// `[s, s + coarse_lag_ns())`.
-pub(crate) fn coarse_lag_ns() -> u64 {
-    coarse_tick_ns().unwrap_or(0)
 }
 
 /// Seconds since the unix epoch, as a float (for gauges and JSON).
@@ -199,17 +196,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_coarse_clock_is_never_ahead_of_the_fine_one_nor_a_tick_behind() {
+    fn the_coarse_clock_is_never_ahead_of_the_fine_one_nor_far_behind() {
         let tick = coarse_tick_ns().unwrap_or(0);
         for _ in 0..10_000 {
             let before = now_ns();
             let coarse = coarse_ns();
             let after = now_ns();
             assert!(coarse <= after, "coarse {coarse} ahead of fine {after}");
-            // A tick, plus slack for a tick delayed on a loaded machine.
+            // Two ticks, plus slack for ticks delayed on a loaded machine
+            // (nothing relies on a bound: this only catches a broken clock).
             assert!(
-                before.saturating_sub(coarse) <= tick + 50_000_000,
-                "coarse {coarse} more than a tick ({tick} ns) behind {before}"
+                before.saturating_sub(coarse) <= 2 * tick + 50_000_000,
+                "coarse {coarse} far behind {before} (tick {tick} ns)"
             );
         }
     }

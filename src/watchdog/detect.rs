@@ -21,8 +21,10 @@ struct WorkerTrack {
     last: Option<Triple>,
     /// When `last` was first seen (ns).
     changed_at: u64,
-    /// When the value before `last` was last seen (ns): the change happened
-    /// after this, even when a check ran late.
+    /// The coarse clock as read just before the last look that still saw
+    /// the value before `last` (ns): the change was made after that look, so
+    /// after any stamp, fine or coarse, lower than this reading (the coarse
+    /// clock never runs ahead of the fine one and never goes back).
     changed_after: u64,
 }
 
@@ -46,7 +48,7 @@ pub(crate) struct RuntimeMonitor {
     found_driver: i64,
     /// When the heartbeat task was last woken (ns).
     pub(crate) last_poke: u64,
-    /// When the metrics were last read (ns).
+    /// The coarse clock as read just before the metrics were last read (ns).
     last_sample: u64,
 }
 
@@ -142,6 +144,9 @@ impl RuntimeMonitor {
 
     /// Reads the runtime's metrics and heartbeat.
     pub(crate) fn sample(&mut self, now: u64) {
+        // Read before the metrics: a stamp lower than this was taken before
+        // they were read.
+        let looked = crate::clock::coarse_ns();
         self.beat = self.entry.beat.view();
         let mut known = true;
         for (i, w) in self.workers.iter_mut().enumerate() {
@@ -158,9 +163,9 @@ impl RuntimeMonitor {
             self.entry.board.set(i, running, w.changed_after);
         }
         if known {
-            self.entry.board.observed(now);
+            self.entry.board.observed(looked);
         }
-        self.last_sample = now;
+        self.last_sample = looked;
     }
 
     /// Whether this is a current-thread runtime that nobody drives now (idle,
@@ -339,17 +344,17 @@ impl RuntimeMonitor {
         let mut stuck_sorted = stuck.clone();
         stuck_sorted.sort_by_key(|s| s.poll_start);
         let mut unmatched = active.clone();
-        // A poll's stamp may be up to a tick of the coarse clock earlier
-        // than its start, and the watchdog's times are fine: a worker whose
-        // metrics last changed after the stamp but within that tick may
-        // still have changed them before the poll began.
-        let lag = crate::clock::coarse_lag_ns();
+        // Both sides are coarse-clock readings (or a fine stamp, never
+        // lower than the coarse reading of the same instant), so no lag is
+        // guessed: a worker whose look with the old metrics read the clock
+        // above the poll's stamp changed them after the poll began; any
+        // other may have changed them before. (The coarse clock may lag the
+        // fine one by two ticks, and far more on a loaded machine.)
         for s in &stuck_sorted {
-            let began_by = s.poll_start.saturating_add(lag);
             let pick = unmatched
                 .iter()
                 .enumerate()
-                .filter(|(_, &(_, _, after))| after <= began_by)
+                .filter(|(_, &(_, _, after))| after <= s.poll_start)
                 .max_by_key(|(_, &(_, _, after))| after)
                 .map(|(idx, _)| idx);
             let worker = match (pick, self.current_thread) {

@@ -33,10 +33,12 @@ pub(crate) struct RuntimeEntry {
 /// the end of a slow poll to read ([`poll_held_a_worker`]).
 #[derive(Debug)]
 pub(crate) struct WorkerBoard {
-    /// When the workers were last looked at (ns; 0: never).
+    /// The coarse clock as read just before the workers were last looked
+    /// at (ns; 0: never).
     observed_at: AtomicU64,
-    /// Per worker: whether it was running (not parked), and the time after
-    /// which its metrics last changed (ns).
+    /// Per worker: whether it was running (not parked), and the coarse
+    /// clock as read before the last look that saw its metrics unchanged
+    /// (ns): they changed after that.
     workers: Box<[(AtomicBool, AtomicU64)]>,
     current_thread: bool,
 }
@@ -99,14 +101,16 @@ pub(crate) fn poll_held_a_worker(start: u64) -> Option<bool> {
     }
     // A worker's metrics change only when it parks or at its maintenance:
     // for the answer to be "no", the watchdog must have looked after the
-    // poll began, and then seen every running worker change since.
-    let lag = crate::clock::coarse_lag_ns();
-    if board.observed_at.load(Relaxed) <= start.saturating_add(lag) {
+    // poll began, and then seen every running worker change since. The
+    // board's times are coarse-clock readings taken before each look, so a
+    // stamp below one was taken before that look read anything.
+    if board.observed_at.load(Relaxed) <= start {
         return None;
     }
-    let held = board.workers.iter().any(|(running, after)| {
-        running.load(Relaxed) && after.load(Relaxed) <= start.saturating_add(lag)
-    });
+    let held = board
+        .workers
+        .iter()
+        .any(|(running, after)| running.load(Relaxed) && after.load(Relaxed) <= start);
     Some(held)
 }
 
