@@ -5,7 +5,10 @@
 //! waiting in the kernel (a sleep: read from outside) and one on a CPU (a
 //! spin: sampled by the kernel with `perf_event_open`). With sampling on it also prints the time the watchdog
 //! thread spent reading the stuck thread (state, stack copy, unwind) and
-//! symbolizing its frames, from loopwatch's debug event.
+//! symbolizing its frames, from loopwatch's debug event, for that report and
+//! for a second stall in the same process, whose frames are named from the
+//! tables the first one read (they are kept while stacks need them). The
+//! resident memory is taken after the second report, with those tables held.
 //!
 //! ```text
 //! cargo run --example stack_cost            # a debug binary, with full debug info
@@ -45,7 +48,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         THRESHOLD
     );
     println!(
-        "{:<8} {:>14} {:>14} {:>12} {:>12} {:>12} {:>10} {:>10}",
+        "{:<8} {:>14} {:>14} {:>12} {:>12} {:>12} {:>10} {:>10} {:>10}",
         "stuck in",
         "RSS off (MiB)",
         "RSS on (MiB)",
@@ -53,7 +56,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "latency off",
         "latency on",
         "read",
-        "symbolize"
+        "symbolize",
+        "again"
     );
     let mut failed = Vec::new();
     for case in ["sleep", "spin"] {
@@ -61,7 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let on = run_child(&exe, "on", case)?;
         let added = on.resident.saturating_sub(off.resident);
         println!(
-            "{:<8} {:>14.1} {:>14.1} {:>12.1} {:>9.0} ms {:>9.0} ms {:>7.2} ms {:>7.1} ms",
+            "{:<8} {:>14.1} {:>14.1} {:>12.1} {:>9.0} ms {:>9.0} ms {:>7.2} ms {:>7.1} ms {:>7.1} ms",
             case,
             off.resident as f64 / 1048576.0,
             on.resident as f64 / 1048576.0,
@@ -70,6 +74,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             on.latency.as_secs_f64() * 1e3,
             on.read_ms,
             on.total_ms - on.read_ms,
+            on.again_ms,
         );
         if !on.stack {
             failed.push(format!("{case}: the report with sampling on has no stack"));
@@ -81,6 +86,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             failed.push(format!(
                 "{case}: the report came {:?} past the threshold",
                 on.latency
+            ));
+        }
+        // The second report names its frames from the tables the first read.
+        if on.again_ms > (on.total_ms - on.read_ms) / 2.0 {
+            failed.push(format!(
+                "{case}: the second report took {:.1} ms to symbolize, the first {:.1} ms",
+                on.again_ms,
+                on.total_ms - on.read_ms
             ));
         }
     }
@@ -103,6 +116,8 @@ struct Outcome {
     read_ms: f64,
     /// All the evidence, symbolizing included.
     total_ms: f64,
+    /// Symbolizing the second stall's stack.
+    again_ms: f64,
 }
 
 fn run_child(
@@ -120,7 +135,7 @@ fn run_child(
     }
     let text = String::from_utf8(out.stdout)?;
     let fields: Vec<&str> = text.split_whitespace().collect();
-    let [resident, latency_ms, stack, read_ms, total_ms] = fields[..] else {
+    let [resident, latency_ms, stack, read_ms, total_ms, again_ms] = fields[..] else {
         return Err(format!("child printed {text:?}").into());
     };
     Ok(Outcome {
@@ -129,6 +144,7 @@ fn run_child(
         stack: stack == "stack",
         read_ms: read_ms.parse()?,
         total_ms: total_ms.parse()?,
+        again_ms: again_ms.parse()?,
     })
 }
 
@@ -163,8 +179,10 @@ fn millis(bits: &AtomicU64) -> f64 {
     f64::from_bits(bits.load(Ordering::Relaxed)) * 1e3
 }
 
-/// One stall in a fresh process; prints
-/// `resident latency_ms stack|none read_ms total_ms`.
+/// Two stalls in a fresh process; prints
+/// `resident latency_ms stack|none read_ms total_ms again_ms` (the
+/// latency, stack and timings of the first, the symbolizing time of the
+/// second).
 fn child(sample: bool, spin: bool) -> Result<(), Box<dyn std::error::Error>> {
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(Timings))?;
     let (tx, rx) = mpsc::channel();
@@ -187,32 +205,36 @@ fn child(sample: bool, spin: bool) -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     watchdog.watch_runtime("cost", rt.handle())?;
     std::thread::sleep(Duration::from_millis(500));
-    let began = Instant::now();
-    let task = rt.spawn(
-        async move {
-            let until = Instant::now() + THRESHOLD * 2;
-            if spin {
-                while Instant::now() < until {
-                    std::hint::spin_loop();
+    let stall = |rx: &mpsc::Receiver<(Instant, bool)>| -> Result<_, Box<dyn std::error::Error>> {
+        let began = Instant::now();
+        let task = rt.spawn(
+            async move {
+                let until = Instant::now() + THRESHOLD * 2;
+                if spin {
+                    while Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                } else {
+                    std::thread::sleep(THRESHOLD * 2);
                 }
-            } else {
-                std::thread::sleep(THRESHOLD * 2);
             }
-        }
-        .watched("stuck"),
-    );
-    let (at, stack) = rx.recv_timeout(THRESHOLD * 3)?;
-    rt.block_on(task)?;
-    // The check that reported has ended and dropped what it read.
-    std::thread::sleep(Duration::from_millis(200));
+            .watched("stuck"),
+        );
+        let (at, stack) = rx.recv_timeout(THRESHOLD * 3)?;
+        rt.block_on(task)?;
+        // The check that reported has ended.
+        std::thread::sleep(Duration::from_millis(200));
+        Ok((at.duration_since(began).saturating_sub(THRESHOLD), stack))
+    };
+    let (latency, stack) = stall(&rx)?;
+    let (read, total) = (millis(&READ), millis(&TOTAL));
+    stall(&rx)?;
+    let again = millis(&TOTAL) - millis(&READ);
     let resident = measure::resident()?;
-    let latency = at.duration_since(began).saturating_sub(THRESHOLD);
     println!(
-        "{resident} {:.1} {} {:.3} {:.3}",
+        "{resident} {:.1} {} {read:.3} {total:.3} {again:.3}",
         latency.as_secs_f64() * 1e3,
         if stack { "stack" } else { "none" },
-        millis(&READ),
-        millis(&TOTAL),
     );
     watchdog.shutdown();
     Ok(())

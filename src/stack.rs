@@ -348,6 +348,8 @@ mod unsupported {
         pub(crate) fn symbolize(&mut self, _frames: &[usize], _full: bool) -> Option<Symbolized> {
             None
         }
+
+        pub(crate) fn forget_tables(&mut self) {}
     }
 }
 

@@ -7,8 +7,9 @@
 //! ([`Symbolizer`] is dropped), so that symbolizing never keeps debug info
 //! resident (a 27 MB debug binary's DWARF held 68 MiB when kept loaded).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::hash::{Hash as _, Hasher as _};
 
 use addr2line::gimli;
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
@@ -327,16 +328,40 @@ pub(crate) fn is_plumbing(name: &str, place: Option<&str>) -> bool {
     })
 }
 
-/// Resolves stacks, keeping what it read of each object until it is dropped.
+/// How many addresses' names a [`Symbolizer`] keeps once its tables are
+/// dropped (a few hundred bytes each; all are forgotten when it is full).
+const MAX_NAMED: usize = 2048;
+
+/// An object, as where its code is mapped and a hash of its file's path:
+/// an object unloaded and another loaded in its place is read anew.
+type ObjectKey = (u64, u64, u64);
+
+fn key_of(object: &Object) -> ObjectKey {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    object.path.hash(&mut hasher);
+    (object.text.start, object.text.end, hasher.finish())
+}
+
+/// Resolves stacks, keeping what it read of each object until
+/// [`forget_tables`](Self::forget_tables), and what it found at each address
+/// after that too (bounded), so that a stall seen again at the same code, or
+/// a stack looked at again, is named without reading the tables again.
 #[derive(Default)]
 pub(crate) struct Symbolizer {
-    resolvers: BTreeMap<u64, Option<Resolver>>,
+    resolvers: BTreeMap<ObjectKey, Option<Resolver>>,
+    /// Whether each object read has names at all.
+    named: HashMap<ObjectKey, bool>,
+    /// The functions at each address resolved.
+    lines_at: HashMap<(ObjectKey, u64), Vec<Line>>,
+    /// The outer function's name at each address looked up.
+    outer_at: HashMap<(ObjectKey, u64), Option<String>>,
 }
 
 impl std::fmt::Debug for Symbolizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Symbolizer")
             .field("objects", &self.resolvers.len())
+            .field("addresses", &self.lines_at.len())
             .finish()
     }
 }
@@ -391,9 +416,7 @@ impl Symbolizer {
         let mut out = Vec::new();
         for (i, &addr) in frames.iter().enumerate() {
             let name = match &objects[i] {
-                Some((object, main)) => self
-                    .resolver(object, *main)
-                    .and_then(|r| r.outer_name(addr as u64)),
+                Some((object, main)) => self.outer_name(object, *main, addr as u64),
                 None => None,
             };
             if let Some(name) = name {
@@ -407,14 +430,54 @@ impl Symbolizer {
     fn main_has_names(&mut self) -> bool {
         let main = { super::linux_modules().objects().first().cloned() };
         let Some(main) = main else { return false };
-        self.resolver(&main, true).is_some_and(|r| r.named)
+        let key = key_of(&main);
+        if let Some(&named) = self.named.get(&key) {
+            return named;
+        }
+        let named = self.resolver(&main, true).is_some_and(|r| r.named);
+        self.named.insert(key, named);
+        named
+    }
+
+    /// Drops the symbol and line tables read (the names found are kept).
+    pub(crate) fn forget_tables(&mut self) {
+        self.resolvers.clear();
     }
 
     fn resolver(&mut self, object: &Object, main: bool) -> Option<&Resolver> {
         self.resolvers
-            .entry(object.text.start)
+            .entry(key_of(object))
             .or_insert_with(|| Resolver::new(object, main))
             .as_ref()
+    }
+
+    /// Every function at `addr` in `object`, innermost first, as found
+    /// before or read now; `None` when the object cannot be read.
+    fn resolve(&mut self, object: &Object, main: bool, addr: u64) -> Option<Vec<Line>> {
+        let key = (key_of(object), addr);
+        if let Some(lines) = self.lines_at.get(&key) {
+            return Some(lines.clone());
+        }
+        let lines = self.resolver(object, main)?.resolve(addr);
+        if self.lines_at.len() >= MAX_NAMED {
+            self.lines_at.clear();
+        }
+        self.lines_at.insert(key, lines.clone());
+        Some(lines)
+    }
+
+    /// The name of the function (not inlined) at `addr` in `object`.
+    fn outer_name(&mut self, object: &Object, main: bool, addr: u64) -> Option<String> {
+        let key = (key_of(object), addr);
+        if let Some(name) = self.outer_at.get(&key) {
+            return name.clone();
+        }
+        let name = self.resolver(object, main)?.outer_name(addr);
+        if self.outer_at.len() >= MAX_NAMED {
+            self.outer_at.clear();
+        }
+        self.outer_at.insert(key, name.clone());
+        name
     }
 
     /// The functions at each frame, innermost first; with `trim`, up to the
@@ -425,7 +488,7 @@ impl Symbolizer {
         for (i, &addr) in frames.iter().enumerate() {
             let addr = addr as u64;
             let resolved = match &objects[i] {
-                Some((object, main)) => self.resolver(object, *main).map(|r| r.resolve(addr)),
+                Some((object, main)) => self.resolve(object, *main, addr),
                 None => None,
             };
             let resolved = resolved.unwrap_or_else(|| {
@@ -495,7 +558,7 @@ fn culprit(lines: &[Line]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{culprit, is_plumbing, symbolize, Line};
+    use super::{culprit, is_plumbing, symbolize, Line, Symbolizer};
 
     #[test]
     fn a_closure_run_for_its_own_function_is_named_as_that_function() {
@@ -540,14 +603,20 @@ mod tests {
         std::hint::black_box(());
     }
 
-    #[test]
-    fn a_stack_read_from_outside_names_its_frames_and_places() {
+    /// The stack of a thread sleeping in [`culprit_sleeps_here`].
+    fn sleeping_thread_stack() -> crate::stack::Sample {
         let (tx, rx) = std::sync::mpsc::channel();
         let sleeper = std::thread::spawn(move || culprit_sleeps_here(tx));
         let tid = rx.recv().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
         let sample = crate::stack::sample(tid, false).unwrap();
         sleeper.join().unwrap();
+        sample
+    }
+
+    #[test]
+    fn a_stack_read_from_outside_names_its_frames_and_places() {
+        let sample = sleeping_thread_stack();
         assert_eq!(
             sample.method,
             crate::stack::Method::Proc,
@@ -570,6 +639,26 @@ mod tests {
         // Every frame here is loopwatch's own or the standard library's: no
         // culprit (tests/interference.rs checks the culprit of application code).
         assert_eq!(symbolized.culprit, None);
+    }
+
+    #[test]
+    fn names_found_are_kept_when_the_tables_are_dropped() {
+        let sample = sleeping_thread_stack();
+        let mut symbolizer = Symbolizer::default();
+        let first = symbolizer.symbolize(&sample.frames, false).unwrap();
+        assert!(!symbolizer.resolvers.is_empty(), "the tables were read");
+        symbolizer.forget_tables();
+        let again = symbolizer.symbolize(&sample.frames, false).unwrap();
+        assert!(
+            symbolizer.resolvers.is_empty(),
+            "named again without reading a table: {symbolizer:?}"
+        );
+        assert_eq!(again.text, first.text);
+        assert_eq!(again.culprit, first.culprit);
+        // An address not seen before reads the tables again.
+        let other = [culprit_sleeps_here as *const () as usize + 1];
+        assert!(symbolizer.symbolize(&other, true).is_some());
+        assert!(!symbolizer.resolvers.is_empty());
     }
 
     #[test]

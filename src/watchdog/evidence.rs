@@ -43,8 +43,9 @@ pub(crate) struct EvidenceCollector {
     sample_stacks: bool,
     full_stacks: bool,
     known: HashMap<StallKey, Known>,
-    /// Symbol and line tables read during this check, dropped at its end.
-    symbolizer: Option<stack::Symbolizer>,
+    /// Symbol and line tables read during this check, dropped at its end;
+    /// the names found in them are kept (bounded).
+    symbolizer: stack::Symbolizer,
     /// Stuck threads found this check by [`find_threads`](Self::find_threads),
     /// not yet taken by a report.
     found: HashMap<StallKey, super::threads::Found>,
@@ -58,7 +59,7 @@ impl EvidenceCollector {
             sample_stacks,
             full_stacks,
             known: HashMap::new(),
-            symbolizer: None,
+            symbolizer: stack::Symbolizer::default(),
             found: HashMap::new(),
             cpu: CpuTracker::default(),
         }
@@ -79,15 +80,17 @@ impl EvidenceCollector {
         known.cpu = report.cpu;
     }
 
-    /// The symbolizer of this check (its tables are read once per check,
-    /// whoever needs them first: detection or a report).
+    /// The symbolizer (its tables are read once per check, whoever needs
+    /// them first: detection or a report).
     pub(crate) fn symbolizer(&mut self) -> &mut stack::Symbolizer {
-        self.symbolizer.get_or_insert_with(Default::default)
+        &mut self.symbolizer
     }
 
-    /// The check is over: the symbol and line tables it read are dropped.
+    /// The check is over: the symbol and line tables it read are dropped
+    /// (tens of MiB for a large binary); the names found in them are kept,
+    /// so that a stall seen again at the same code is named at once.
     pub(crate) fn end_check(&mut self) {
-        self.symbolizer = None;
+        self.symbolizer.forget_tables();
         self.found.clear();
     }
 
@@ -177,7 +180,7 @@ impl EvidenceCollector {
         report.cpu_bound = Some(sample.method == stack::Method::Perf);
         report.stack_method = Some(sample.method.name());
         let read = began.elapsed();
-        let symbolizer = self.symbolizer.get_or_insert_with(Default::default);
+        let symbolizer = &mut self.symbolizer;
         if let Some(symbolized) = symbolizer.symbolize(&sample.frames, self.full_stacks) {
             report.backtrace = Some(match sample.stopped {
                 None => symbolized.text,
@@ -244,7 +247,7 @@ impl EvidenceCollector {
             .zip(&pokes)
             .map(|((_, m), poke)| (m.id, &**poke))
             .collect();
-        let symbolizer = self.symbolizer.get_or_insert_with(Default::default);
+        let symbolizer = &mut self.symbolizer;
         let results =
             super::threads::find_stuck_workers(symbolizer, &slot::snapshot(), &taken, &requests);
         for ((key, _), result) in wanted.iter().zip(results) {
