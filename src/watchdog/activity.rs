@@ -192,9 +192,6 @@ pub(crate) struct Activity {
     cgroup_at: u64,
 }
 
-/// How often the process's cgroup is looked up again.
-const CGROUP_EVERY_NS: u64 = 10_000_000_000;
-
 /// What [`Activity`] has for a health snapshot.
 #[derive(Debug)]
 pub(crate) struct ActivitySummary {
@@ -234,7 +231,9 @@ impl Activity {
         self.usage.publish();
         let before = self.process;
         self.process = process::read();
-        if self.cgroup_at == 0 || now.saturating_sub(self.cgroup_at) >= CGROUP_EVERY_NS {
+        if self.cgroup_at == 0
+            || now.saturating_sub(self.cgroup_at) >= super::cgroup::DISCOVER_EVERY_NS
+        {
             self.cgroup = Cgroup::discover();
             self.cgroup_at = now;
         }

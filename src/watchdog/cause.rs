@@ -202,16 +202,50 @@ pub(crate) fn thread_times(tid: i64) -> Option<ThreadTimes> {
     #[cfg(target_os = "linux")]
     {
         let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
-        let mut it = text.split_whitespace();
-        Some(ThreadTimes {
-            on_cpu_ns: it.next()?.parse().ok()?,
-            waiting_ns: it.next()?.parse().ok()?,
-        })
+        parse_schedstat(&text)
     }
     #[cfg(not(target_os = "linux"))]
     {
         let _ = tid;
         None
+    }
+}
+
+fn parse_schedstat(text: &str) -> Option<ThreadTimes> {
+    let mut it = text.split_whitespace();
+    Some(ThreadTimes {
+        on_cpu_ns: it.next()?.parse().ok()?,
+        waiting_ns: it.next()?.parse().ok()?,
+    })
+}
+
+/// The calling thread's schedstat file, kept open: read twice a check by
+/// the watchdog thread, and a read of an open file is one `pread` (about a
+/// microsecond), where opening it walks `/proc` again after every sleep
+/// (some 80 us, cold).
+#[derive(Debug, Default)]
+struct OwnTimes {
+    #[cfg(target_os = "linux")]
+    file: Option<std::fs::File>,
+}
+
+impl OwnTimes {
+    fn read(&mut self) -> Option<ThreadTimes> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::FileExt as _;
+            if self.file.is_none() {
+                self.file =
+                    std::fs::File::open(format!("/proc/self/task/{}/schedstat", own_tid())).ok();
+            }
+            let mut buf = [0u8; 128];
+            let n = self.file.as_ref()?.read_at(&mut buf, 0).ok()?;
+            parse_schedstat(std::str::from_utf8(&buf[..n]).ok()?)
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            None
+        }
     }
 }
 
@@ -251,9 +285,6 @@ const MAX_POINTS: usize = 32;
 /// unknown threads, are bounded by this).
 pub(crate) const MAX_TIMED: usize = 256;
 
-/// How often the process's cgroup is looked up again (it may move).
-const CGROUP_EVERY_NS: u64 = 10_000_000_000;
-
 /// Times the threads that may be stuck, check by check.
 #[derive(Debug, Default)]
 pub(crate) struct CpuTracker {
@@ -265,7 +296,9 @@ pub(crate) struct CpuTracker {
 
 impl CpuTracker {
     fn cgroup(&mut self, now: u64) -> &Cgroup {
-        if self.cgroup_at == 0 || now.saturating_sub(self.cgroup_at) >= CGROUP_EVERY_NS {
+        if self.cgroup_at == 0
+            || now.saturating_sub(self.cgroup_at) >= super::cgroup::DISCOVER_EVERY_NS
+        {
             self.cgroup = Cgroup::discover();
             self.cgroup_at = now;
             self.cpu_limit = self.cgroup.cpu().0;
@@ -375,26 +408,41 @@ const MIN_PAUSE_NS: u64 = 100_000_000;
 /// Pauses kept to correct the ages of stalls.
 const MAX_PAUSES: usize = 16;
 
+/// How often the watchdog thread's own times are read when no wake-up is
+/// late: the baseline a late one is judged against.
+const BASELINE_EVERY_NS: u64 = 1_000_000_000;
+
 /// Tells pauses of the whole process (SIGSTOP, a frozen cgroup, a paused
 /// VM) from the watchdog thread's own times: between two checks it sleeps
 /// for the check interval, then waits for a CPU (its run-queue delay) and
 /// runs. A wake-up later than that by more than its time waiting for and on
 /// a CPU explains was a time nothing of the process could run: stopped or
 /// frozen threads are neither running nor runnable.
+///
+/// A check whose wake-up was on time reads nothing (the lateness is two
+/// clock readings); the thread's times are read at a late one, against a
+/// reading taken at the end of a check at most a second earlier. The times
+/// waiting for and on a CPU since that reading are all taken as
+/// explanation, so a pause is never overstated: under a heavy load, by at
+/// most the waits of that second, it is understated.
 #[derive(Debug)]
 pub(crate) struct PauseDetector {
-    tid: i64,
+    own: OwnTimes,
     interval_ns: u64,
-    last: Option<(u64, ThreadTimes)>,
+    /// When the last check ended.
+    last_end: Option<u64>,
+    /// The thread's times at the end of a check, and when.
+    baseline: Option<(u64, ThreadTimes)>,
     pauses: Vec<Pause>,
 }
 
 impl PauseDetector {
     pub(crate) fn new(interval: Duration) -> Self {
         PauseDetector {
-            tid: 0,
+            own: OwnTimes::default(),
             interval_ns: crate::clock::nanos(interval),
-            last: None,
+            last_end: None,
+            baseline: None,
             pauses: Vec::new(),
         }
     }
@@ -402,17 +450,20 @@ impl PauseDetector {
     /// At the start of a check (`now`): whether the process was paused
     /// since the end of the last one, and for how long.
     pub(crate) fn check_started(&mut self, now: u64) -> Option<Pause> {
-        if self.tid == 0 {
-            self.tid = own_tid();
+        let end = self.last_end.take()?;
+        let least = MIN_PAUSE_NS.max(self.interval_ns);
+        let late = now.saturating_sub(end).saturating_sub(self.interval_ns);
+        if late < least {
+            return None;
         }
-        let times = thread_times(self.tid)?;
-        let (end, before) = self.last.take()?;
-        let gap = now.saturating_sub(end);
-        let explained = self.interval_ns
-            + times.on_cpu_ns.saturating_sub(before.on_cpu_ns)
+        let times = self.own.read()?;
+        // Read again at this check's end: the next late wake-up is judged
+        // against a reading after this one.
+        let (_, before) = self.baseline.take()?;
+        let explained = times.on_cpu_ns.saturating_sub(before.on_cpu_ns)
             + times.waiting_ns.saturating_sub(before.waiting_ns);
-        let unexplained = gap.saturating_sub(explained);
-        if unexplained < MIN_PAUSE_NS.max(self.interval_ns) {
+        let unexplained = late.saturating_sub(explained);
+        if unexplained < least {
             return None;
         }
         let pause = Pause {
@@ -428,10 +479,13 @@ impl PauseDetector {
 
     /// At the end of a check.
     pub(crate) fn check_ended(&mut self, now: u64) {
-        if self.tid == 0 {
-            self.tid = own_tid();
+        self.last_end = Some(now);
+        if self
+            .baseline
+            .is_none_or(|(at, _)| now.saturating_sub(at) >= BASELINE_EVERY_NS)
+        {
+            self.baseline = self.own.read().map(|t| (now, t));
         }
-        self.last = thread_times(self.tid).map(|t| (now, t));
     }
 
     /// How long the process was paused between `since` and now: taken off

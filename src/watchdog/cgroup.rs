@@ -5,6 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
+/// How often the process's cgroup is looked up again, with its limits: the
+/// process may be moved, a limit changed (the counters are read at each
+/// look).
+pub(crate) const DISCOVER_EVERY_NS: u64 = 10_000_000_000;
+
 /// CPU throttling counters of a cgroup, cumulative.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct CpuStat {
@@ -32,8 +37,10 @@ pub(crate) struct CgroupStats {
 }
 
 /// The directories of the process's cgroup for the CPU and memory
-/// controllers, and the cgroup version of each.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// controllers, the cgroup version of each, and the limits set on them as
+/// read when it was discovered (limits change rarely; the counters are read
+/// at each look).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Cgroup {
     /// The CPU controller's directories, the process's own first, then its
     /// ancestors up to the mount's root (a limit may be set on any).
@@ -41,6 +48,11 @@ pub(crate) struct Cgroup {
     cpu_v2: bool,
     memory: Vec<PathBuf>,
     memory_v2: bool,
+    /// The tightest CPU limit in cores, and the index in `cpu` of the
+    /// directory that sets it.
+    cpu_limit: Option<(f64, usize)>,
+    /// The tightest memory limit in bytes.
+    memory_limit: Option<u64>,
 }
 
 /// A mount of a cgroup hierarchy: (root within the hierarchy, mount point,
@@ -187,11 +199,38 @@ impl Cgroup {
     pub(crate) fn discover() -> Cgroup {
         let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        Cgroup::parse(&cgroup, &mountinfo)
+        let mut found = Cgroup::parse(&cgroup, &mountinfo);
+        found.read_limits();
+        found
+    }
+
+    /// Reads the limits set on the cgroup and its ancestors: the tightest
+    /// of each.
+    fn read_limits(&mut self) {
+        self.cpu_limit = self
+            .cpu
+            .iter()
+            .enumerate()
+            .filter_map(|(i, d)| self.read_cpu_limit(d).map(|l| (l, i)))
+            .min_by(|a, b| a.0.total_cmp(&b.0));
+        let name = if self.memory_v2 {
+            "memory.max"
+        } else {
+            "memory.limit_in_bytes"
+        };
+        self.memory_limit = self
+            .memory
+            .iter()
+            .filter_map(|d| {
+                let v: u64 = read_number(&d.join(name))?;
+                // v1 says "no limit" with a huge number near i64::MAX.
+                (v < 1 << 62).then_some(v)
+            })
+            .min();
     }
 
     /// The CPU limit in cores set on `dir`, if any.
-    fn cpu_limit(&self, dir: &Path) -> Option<f64> {
+    fn read_cpu_limit(&self, dir: &Path) -> Option<f64> {
         let (quota, period) = if self.cpu_v2 {
             let text = std::fs::read_to_string(dir.join("cpu.max")).ok()?;
             let mut it = text.split_whitespace();
@@ -218,13 +257,8 @@ impl Cgroup {
     /// The CPU limit (the tightest on the way up) and the throttling of
     /// the cgroup that sets it; the process's own cgroup's without a limit.
     pub(crate) fn cpu(&self) -> (Option<f64>, Option<CpuStat>) {
-        let limited = self
-            .cpu
-            .iter()
-            .filter_map(|d| self.cpu_limit(d).map(|l| (l, d)))
-            .min_by(|a, b| a.0.total_cmp(&b.0));
-        match limited {
-            Some((limit, dir)) => (Some(limit), self.cpu_stat(dir)),
+        match self.cpu_limit {
+            Some((limit, i)) => (Some(limit), self.cpu.get(i).and_then(|d| self.cpu_stat(d))),
             None => (None, self.cpu.first().and_then(|d| self.cpu_stat(d))),
         }
     }
@@ -237,21 +271,7 @@ impl Cgroup {
     /// The memory limit (the tightest on the way up) and the working set of
     /// the process's own cgroup.
     pub(crate) fn memory(&self) -> (Option<u64>, Option<u64>) {
-        let limit = self
-            .memory
-            .iter()
-            .filter_map(|d| {
-                let name = if self.memory_v2 {
-                    "memory.max"
-                } else {
-                    "memory.limit_in_bytes"
-                };
-                let text = std::fs::read_to_string(d.join(name)).ok()?;
-                let v: u64 = text.trim().parse().ok()?;
-                // v1 says "no limit" with a huge number near i64::MAX.
-                (v < 1 << 62).then_some(v)
-            })
-            .min();
+        let limit = self.memory_limit;
         let own = self.memory.first();
         let working_set = own.and_then(|d| {
             let (usage, inactive) = if self.memory_v2 {
