@@ -219,10 +219,10 @@ fn parse_schedstat(text: &str) -> Option<ThreadTimes> {
     })
 }
 
-/// The calling thread's schedstat file, kept open: read twice a check by
-/// the watchdog thread, and a read of an open file is one `pread` (about a
-/// microsecond), where opening it walks `/proc` again after every sleep
-/// (some 80 us, cold).
+/// The calling thread's schedstat file, kept open: the watchdog thread
+/// reads it once a second and at each late wake-up, and a read of an open
+/// file is one `pread` (a few microseconds), where opening it walks `/proc`
+/// again (some 80 us after a sleep, cold).
 #[derive(Debug, Default)]
 struct OwnTimes {
     #[cfg(target_os = "linux")]
