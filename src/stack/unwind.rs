@@ -263,15 +263,28 @@ pub(crate) enum CallKind {
     Indirect,
 }
 
-/// The call instruction that ends just before `ra`, given the 8 bytes
-/// before it (`code[i]` is at `ra - 8 + i`).
-pub(crate) fn call_before(ra: u64, code: &[u8; 8]) -> Option<CallKind> {
+/// The call instructions that may end just before `ra`, given the 8 bytes
+/// before it (`code[i]` is at `ra - 8 + i`): a `call rel32` (its `E8` byte
+/// 5 bytes back) and a `call *…` (`FF /2`, which also ends at `ra`). Both
+/// can be read from the same bytes: the last bytes of an instruction before
+/// a `call *%rax` can hold an `E8` (`mov 0x27e856(%rip),%rax; call *%rax`),
+/// so neither reading is taken over the other here ([`Unwinder::calls`]
+/// weighs them). Empty when no call ends at `ra`.
+pub(crate) fn calls_before(ra: u64, code: &[u8; 8]) -> Vec<CallKind> {
+    let mut out = Vec::with_capacity(2);
     if code[3] == 0xe8 {
         let rel = i32::from_le_bytes([code[4], code[5], code[6], code[7]]);
-        return Some(CallKind::Direct(ra.wrapping_add_signed(i64::from(rel))));
+        out.push(CallKind::Direct(ra.wrapping_add_signed(i64::from(rel))));
     }
-    // `call *…` is FF /2, maybe after a REX prefix: find a start whose
-    // operand ends exactly at `ra`.
+    if let Some(kind) = indirect_call_before(ra, code) {
+        out.push(kind);
+    }
+    out
+}
+
+/// The `call *…` (`FF /2`, maybe after a REX prefix) that ends at `ra`.
+fn indirect_call_before(ra: u64, code: &[u8; 8]) -> Option<CallKind> {
+    // Find a start whose operand ends exactly at `ra`.
     for len in 2..=7usize {
         let at = 8 - len;
         let (rex, op) = if (0x40..=0x4f).contains(&code[at]) {
@@ -427,12 +440,19 @@ impl<'a> Unwinder<'a> {
         ((self.read_code)(addr, &mut out) == N).then_some(out)
     }
 
-    /// Whether `ra` is a return address: in loaded code, just after a call.
-    fn call_at(&self, ra: u64) -> Option<CallKind> {
-        if !self.in_code(ra) || !self.in_code(ra.checked_sub(8)?) {
-            return None;
+    /// The calls that may end at `ra` (see [`calls_before`]), when `ra`
+    /// is in loaded code; empty when it is not a return address.
+    fn calls_at(&self, ra: u64) -> Vec<CallKind> {
+        let Some(before) = ra.checked_sub(8) else {
+            return Vec::new();
+        };
+        if !self.in_code(ra) || !self.in_code(before) {
+            return Vec::new();
         }
-        call_before(ra, &self.code::<8>(ra - 8)?)
+        match self.code::<8>(before) {
+            Some(code) => calls_before(ra, &code),
+            None => Vec::new(),
+        }
     }
 
     /// Where a call lands after a PLT stub or a jump thunk, if it is one.
@@ -461,19 +481,41 @@ impl<'a> Unwinder<'a> {
     /// Whether the call before `ra` calls the function starting at `start`:
     /// `Some(true)` yes (directly, through a PLT stub, or through a function
     /// that ends in a jump to it: a tail call), `Some(false)` it calls
-    /// another, `None` cannot tell.
+    /// another, `None` cannot tell. Where the bytes read as two calls
+    /// (see [`calls_before`]), a direct call whose target is in no loaded
+    /// code is no call, and one reading that calls `start` is enough.
     fn calls(&self, ra: u64, start: u64) -> Option<bool> {
-        let target = match self.call_at(ra)? {
-            CallKind::Direct(t) => t,
-            CallKind::Slot(slot) => u64::from_le_bytes(self.code::<8>(slot)?),
-            CallKind::Indirect => return None,
-        };
-        let target = if target == start {
-            return Some(true);
+        let (mut unknown, mut other) = (false, false);
+        for kind in self.calls_at(ra) {
+            let target = match kind {
+                CallKind::Direct(t) if self.in_code(t) => t,
+                CallKind::Direct(_) => continue,
+                CallKind::Slot(slot) => match self.code::<8>(slot) {
+                    Some(p) => u64::from_le_bytes(p),
+                    None => {
+                        unknown = true;
+                        continue;
+                    }
+                },
+                CallKind::Indirect => {
+                    unknown = true;
+                    continue;
+                }
+            };
+            if target == start {
+                return Some(true);
+            }
+            let target = self.through_stub(target);
+            if target == start || self.jumps_to(target, start) {
+                return Some(true);
+            }
+            other = true;
+        }
+        if unknown || !other {
+            None
         } else {
-            self.through_stub(target)
-        };
-        Some(target == start || self.jumps_to(target, start))
+            Some(false)
+        }
     }
 
     /// Whether the function at `func` jumps to `to` (`jmp rel32` or a
@@ -586,7 +628,7 @@ impl<'a> Unwinder<'a> {
             Rule::ValOffset(n) => Some(cfa.wrapping_add_signed(n)),
             Rule::Undefined | Rule::Unsupported => None,
         };
-        if self.call_at(ra).is_none() {
+        if self.calls_at(ra).is_empty() {
             return Err(if self.in_code(ra) {
                 Stop::BadFrame
             } else {
@@ -727,18 +769,18 @@ mod tests {
         let ra = 0x1000;
         // call rel32 (+0x20)
         assert_eq!(
-            call_before(ra, &before(&[0xe8, 0x20, 0, 0, 0])),
-            Some(CallKind::Direct(0x1020))
+            calls_before(ra, &before(&[0xe8, 0x20, 0, 0, 0])),
+            [CallKind::Direct(0x1020)]
         );
         // call rel32 backwards (-0x100)
         assert_eq!(
-            call_before(ra, &before(&[0xe8, 0x00, 0xff, 0xff, 0xff])),
-            Some(CallKind::Direct(0xf00))
+            calls_before(ra, &before(&[0xe8, 0x00, 0xff, 0xff, 0xff])),
+            [CallKind::Direct(0xf00)]
         );
         // call *0x10(%rip)
         assert_eq!(
-            call_before(ra, &before(&[0xff, 0x15, 0x10, 0, 0, 0])),
-            Some(CallKind::Slot(0x1010))
+            calls_before(ra, &before(&[0xff, 0x15, 0x10, 0, 0, 0])),
+            [CallKind::Slot(0x1010)]
         );
         // call *%rax, call *%r11, call *0x18(%rax), call *0x8(%rsp)
         for bytes in [
@@ -749,8 +791,8 @@ mod tests {
             &[0x41, 0xff, 0x90, 0x00, 0x01, 0x00, 0x00],
         ] {
             assert_eq!(
-                call_before(ra, &before(bytes)),
-                Some(CallKind::Indirect),
+                calls_before(ra, &before(bytes)),
+                [CallKind::Indirect],
                 "{bytes:x?}"
             );
         }
@@ -761,8 +803,15 @@ mod tests {
             &[0xff, 0xe0],
             &[0xe9, 0, 0, 0, 0],
         ] {
-            assert_eq!(call_before(ra, &before(bytes)), None, "{bytes:x?}");
+            assert!(calls_before(ra, &before(bytes)).is_empty(), "{bytes:x?}");
         }
+        // `mov 0x27e856(%rip),%rax; call *%rax`: the displacement holds an
+        // E8 five bytes back, so the bytes also read as a `call rel32`.
+        // Both readings are given, the real one among them.
+        let code = [0x8b, 0x05, 0x56, 0xe8, 0x27, 0x00, 0xff, 0xd0];
+        let read = calls_before(ra, &code);
+        assert_eq!(read.len(), 2, "{read:?}");
+        assert!(read.contains(&CallKind::Indirect), "{read:?}");
     }
 
     #[test]
