@@ -12,8 +12,12 @@
 //! with `tokio::spawn` (the baseline) and with `loopwatch::spawn_named`; then
 //! 1,000,000 loopwatch tasks spawned and finished in batches; then 10,000,000
 //! polls of instrumented tasks, with the watchdog thread's CPU time over
-//! them. Exits non-zero if memory after the million tasks or after the
-//! polls is more than 1 MiB above where it started.
+//! them; then the task dump with 1,000,000 live tasks: the time and memory
+//! of `Watchdog::tasks()` (every task), `Watchdog::task_dump(1000)`, and
+//! `GET /tasks` (JSON and text) and `GET /` from the exporter. Exits
+//! non-zero if memory after the million tasks or after the polls is more
+//! than 1 MiB above where it started, or if `/tasks` or `task_dump` with a
+//! million live tasks takes more than 16 MiB at its peak.
 
 use std::future::pending;
 use std::time::Duration;
@@ -121,6 +125,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Now one scrape: every poll is in the histogram's count.
     let counted = scrape_poll_count(exporter.local_addr(), "memory.polls")?;
     println!("  the first scrape afterwards counts {counted} polls of memory.polls");
+    dump_at_scale(&rt, &watchdog, exporter.local_addr())?;
     exporter.shutdown();
     watchdog.shutdown();
     if counted != POLLS as u64 {
@@ -130,6 +135,128 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("memory grew with the number of polls".into());
     }
     Ok(())
+}
+
+/// Live tasks for the dump measurements.
+const DUMPED: usize = 1_000_000;
+
+/// The task dump's time and memory with [`DUMPED`] live tasks.
+fn dump_at_scale(
+    rt: &tokio::runtime::Runtime,
+    watchdog: &loopwatch::Watchdog,
+    addr: std::net::SocketAddr,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use std::time::Instant;
+    let before = resident()?;
+    let began = Instant::now();
+    let handles: Vec<_> = {
+        let _enter = rt.enter();
+        (0..DUMPED)
+            .map(|_| loopwatch::spawn_named("dump.live", pending::<()>()))
+            .collect()
+    };
+    let spawned = began.elapsed();
+    std::thread::sleep(Duration::from_millis(500)); // each polled once
+    let live = resident()?;
+    let task_bytes = (live - before) as f64 / DUMPED as f64;
+    println!(
+        "task dump with {DUMPED} live tasks ({task_bytes:.0} bytes each, spawned in {:.0} ns each):",
+        spawned.as_nanos() as f64 / DUMPED as f64
+    );
+    let mut over = Vec::new();
+
+    // Watchdog::tasks(): every task.
+    measure::reset_peak();
+    let began = Instant::now();
+    let all = watchdog.tasks();
+    let took = began.elapsed();
+    let all_took = took;
+    let held = resident()?.saturating_sub(live);
+    let peak = measure::peak()?.saturating_sub(live);
+    println!(
+        "  Watchdog::tasks()          {:>7.1} ms ({:.0} ns a task, x{:.2} a spawn); holds {:.0} bytes a task (x{:.2} a live task), peak +{} MiB",
+        took.as_secs_f64() * 1e3,
+        took.as_nanos() as f64 / DUMPED as f64,
+        took.as_nanos() as f64 / spawned.as_nanos() as f64,
+        held as f64 / all.len().max(1) as f64,
+        held as f64 / all.len().max(1) as f64 / task_bytes,
+        peak / (1 << 20)
+    );
+    if all.len() != DUMPED {
+        return Err(format!("tasks() listed {} of {DUMPED}", all.len()).into());
+    }
+    drop(all);
+
+    // task_dump(1000): counts of all, a thousand described.
+    let live = resident()?;
+    measure::reset_peak();
+    let began = Instant::now();
+    let dump = watchdog.task_dump(1000);
+    let took = began.elapsed();
+    let peak = measure::peak()?.saturating_sub(live);
+    println!(
+        "  Watchdog::task_dump(1000)  {:>7.1} ms ({:.0} ns a task, x{:.2} tasks()); peak +{} KiB",
+        took.as_secs_f64() * 1e3,
+        took.as_nanos() as f64 / DUMPED as f64,
+        took.as_secs_f64() / all_took.as_secs_f64(),
+        peak / 1024
+    );
+    if dump.total != DUMPED as u64 || dump.tasks.len() != 1000 {
+        return Err(format!(
+            "task_dump counted {} and listed {}",
+            dump.total,
+            dump.tasks.len()
+        )
+        .into());
+    }
+    if peak > 16 << 20 {
+        over.push(format!("task_dump(1000) peaked at +{} KiB", peak / 1024));
+    }
+
+    // The exporter.
+    for path in ["/tasks", "/tasks?format=text", "/"] {
+        let live = resident()?;
+        measure::reset_peak();
+        let began = Instant::now();
+        let body = http_get(addr, path)?;
+        let took = began.elapsed();
+        let peak = measure::peak()?.saturating_sub(live);
+        println!(
+            "  GET {path:<19}    {:>7.1} ms, {} KiB, peak +{} KiB",
+            took.as_secs_f64() * 1e3,
+            body.len() / 1024,
+            peak / 1024
+        );
+        if peak > 16 << 20 {
+            over.push(format!("GET {path} peaked at +{} KiB", peak / 1024));
+        }
+    }
+    for h in &handles {
+        h.abort();
+    }
+    rt.block_on(async {
+        for h in handles {
+            let _ = h.await;
+        }
+    });
+    if over.is_empty() {
+        Ok(())
+    } else {
+        Err(over.join("; ").into())
+    }
+}
+
+/// The body of `GET path`.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> Result<String, Box<dyn std::error::Error>> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr)?;
+    stream.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text)?;
+    if !text.starts_with("HTTP/1.1 200") {
+        return Err(format!("GET {path}: {}", text.lines().next().unwrap_or("")).into());
+    }
+    Ok(text)
 }
 
 /// Spawns `n` never-ending tasks, measures the resident memory they add per

@@ -122,6 +122,7 @@ pub(crate) fn turned_off() -> Result<bool, Error> {
 }
 
 /// The exporter's address, from `LOOPWATCH_ADDR`.
+#[cfg_attr(not(feature = "exporter"), allow(dead_code))]
 pub(crate) fn addr() -> Result<Option<SocketAddr>, Error> {
     var("LOOPWATCH_ADDR")?
         .map(|v| {

@@ -1,8 +1,10 @@
-//! The exporter: `/metrics` and `/health` over HTTP, from a thread of their own.
+//! The exporter: `/metrics`, `/health`, `/tasks` and the status page `/`
+//! over HTTP, from a thread of their own.
 //!
 //! - this file: [`Exporter`], [`ExporterBuilder`], and the Prometheus recorder;
 //! - [`http`]: the server thread, request parsing and responses;
-//! - [`render`]: the `/metrics` exposition.
+//! - [`render`]: the `/metrics` exposition;
+//! - [`page`]: the status page.
 //!
 //! The exporter only reads: the recorder's series, the health snapshot and
 //! the process figures the watchdog published, the watched runtimes' tokio
@@ -10,6 +12,7 @@
 //! depends on it.
 
 mod http;
+mod page;
 mod render;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -25,10 +28,11 @@ use crate::{Error, Watchdog};
 /// The recorder loopwatch installed, kept for later exporters in the process.
 static INSTALLED: OnceLock<PrometheusHandle> = OnceLock::new();
 
-/// Serves `GET /metrics` (Prometheus text format) and `GET /health` (the
-/// [`Health`](crate::Health) JSON; HTTP 503 while stalled) from a thread of
-/// its own, so that both answer while every worker of the application's
-/// runtimes is blocked. Made by [`Exporter::builder`]; stops when
+/// Serves `GET /metrics` (Prometheus text format), `GET /health` (the
+/// [`Health`](crate::Health) JSON; HTTP 503 while stalled), `GET /tasks`
+/// (the [`TaskDump`](crate::TaskDump) as JSON, or `?format=text`; `?limit=N`)
+/// and `GET /` (a status page for people) from a thread of its own, so that
+/// they answer while every worker of the application's runtimes is blocked. Made by [`Exporter::builder`]; stops when
 /// [`shutdown`](Exporter::shutdown) is called or it is dropped, and frees its port.
 ///
 /// ```
@@ -60,6 +64,7 @@ pub struct ExporterBuilder {
     max_connections: usize,
     head_timeout: Duration,
     request_timeout: Duration,
+    max_tasks: usize,
 }
 
 impl Exporter {
@@ -73,6 +78,8 @@ impl Exporter {
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
     /// Largest request head (request line and headers) accepted: 8 KiB.
     pub const MAX_REQUEST_HEAD: usize = 8 * 1024;
+    /// Default [`ExporterBuilder::max_tasks`]: 1,000.
+    pub const DEFAULT_MAX_TASKS: usize = 1_000;
 
     /// Starts configuring an exporter.
     pub fn builder() -> ExporterBuilder {
@@ -82,6 +89,7 @@ impl Exporter {
             max_connections: Exporter::DEFAULT_MAX_CONNECTIONS,
             head_timeout: Exporter::DEFAULT_HEAD_TIMEOUT,
             request_timeout: Exporter::DEFAULT_REQUEST_TIMEOUT,
+            max_tasks: Exporter::DEFAULT_MAX_TASKS,
         }
     }
 
@@ -181,6 +189,16 @@ impl ExporterBuilder {
         self
     }
 
+    /// Most tasks `GET /tasks` lists (the longest idle first; its counts
+    /// cover every live task whatever this is). Default: 1,000. A request
+    /// may ask for fewer with `?limit=N`. The time of a request grows with
+    /// the live tasks (each one's record is read, about 1 ms per 100,000),
+    /// its memory with this number only.
+    pub fn max_tasks(mut self, max: usize) -> Self {
+        self.max_tasks = max;
+        self
+    }
+
     /// Installs the Prometheus recorder (unless one was handed in), binds the
     /// address and starts the `loopwatch-exporter` thread.
     ///
@@ -234,6 +252,7 @@ impl ExporterBuilder {
             max_connections: self.max_connections,
             head_timeout: self.head_timeout.min(self.request_timeout),
             request_timeout: self.request_timeout,
+            max_tasks: self.max_tasks,
         });
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let thread = std::thread::Builder::new()

@@ -182,14 +182,34 @@ pub struct TaskCounts {
     pub slow_polls: u64,
 }
 
-/// A live task not polled for the hung-task threshold.
+/// A live task not polled for the hung-task threshold (see
+/// [`TaskInfo`](crate::TaskInfo) for the whole of what is known of it).
 #[derive(Debug, Clone, Serialize, Default, PartialEq)]
 #[non_exhaustive]
 pub struct HungTask {
     /// The task's name.
     pub task: String,
-    /// Seconds since it was last polled (or spawned, if never polled).
+    /// Seconds since its last poll ended (or it was spawned, if never polled).
     pub idle_seconds: f64,
+    /// Tokio's id of the task, once polled.
+    pub id: Option<u64>,
+    /// Where it was spawned: `file:line`.
+    pub spawned_at: String,
+    /// Its `tracing` spans, outermost first, down to where it waits (see
+    /// [`TaskInfo::spans`](crate::TaskInfo::spans)).
+    pub spans: Vec<String>,
+}
+
+impl From<crate::TaskInfo> for HungTask {
+    fn from(task: crate::TaskInfo) -> Self {
+        HungTask {
+            task: task.name,
+            idle_seconds: task.state_seconds,
+            id: task.id,
+            spawned_at: task.spawned_at,
+            spans: task.spans,
+        }
+    }
 }
 
 /// Counts for one instrumented call name.

@@ -33,9 +33,10 @@
 //!
 //! # Prometheus and `/health`
 //!
-//! [`Exporter`] (default feature `exporter`) serves `GET /metrics` and
-//! `GET /health` (HTTP 503 while stalled) from a thread of its own, so that
-//! both answer while every worker is blocked.
+//! [`Exporter`] (default feature `exporter`) serves `GET /metrics`,
+//! `GET /health` (HTTP 503 while stalled), `GET /tasks` (the live tasks)
+//! and a status page at `GET /` from a thread of its own, so that they
+//! answer while every worker is blocked.
 //!
 //! # Tasks
 //!
@@ -44,6 +45,10 @@
 //! (spawned, completed, failed, panicked, cancelled, alive), finds hung
 //! tasks (alive, not polled for `hung_task_threshold`) and slow polls (one
 //! poll of `blocking_threshold` or longer), all in [`Health`] and metrics.
+//! [`Watchdog::tasks`] and [`Watchdog::task_dump`] (`GET /tasks`) list every
+//! live one, like Go's goroutine dump: its id, name, spawn site, age,
+//! whether it runs or waits and for how long, and where it waits (the chain
+//! of its open `tracing` spans, with [`spans::layer()`]).
 //!
 //! # How stalls are found
 //!
@@ -114,6 +119,7 @@ mod setup;
 #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
 pub mod spans;
 mod stack;
+mod tasks;
 mod watchdog;
 
 pub use error::Error;
@@ -215,6 +221,7 @@ pub use loopwatch_macros::instrument_blocking;
 #[cfg(feature = "macros")]
 #[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
 pub use loopwatch_macros::main;
+pub use tasks::{TaskDump, TaskInfo, TaskState};
 pub use watchdog::{CpuAccount, StallCause, StallReport, Throttling, Watchdog, WatchdogBuilder};
 
 /// The README's examples, compiled and run as doc tests.

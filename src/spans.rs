@@ -49,6 +49,7 @@
 mod arena;
 mod describe;
 mod stack;
+mod tree;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +63,17 @@ use self::arena::Handle;
 use self::describe::Fields;
 
 pub(crate) use self::stack::of_thread;
+pub(crate) use self::tree::OpenSpans;
+
+/// The description handle bits of the span the calling thread is in (0:
+/// none, or no layer was ever made), for a task spawned here.
+#[inline]
+pub(crate) fn current_span_bits() -> u64 {
+    if INSTANCES.load(Ordering::Relaxed) == 0 {
+        return 0;
+    }
+    stack::current()
+}
 
 /// A [`tracing_subscriber::Layer`] that keeps, for each thread, the spans it
 /// is in, so that stall reports can name them
@@ -145,7 +157,11 @@ where
         let mut fields = Fields::default();
         attrs.record(&mut fields);
         let name = span.metadata().name();
-        let handle = arena::allocate(&fields.describe(name));
+        let parent = span
+            .parent()
+            .and_then(|p| p.extensions().get::<Described>().and_then(|d| d.handle))
+            .map_or(0, Handle::to_bits);
+        let handle = arena::allocate(&fields.describe(name), parent);
         span.extensions_mut().insert(Described {
             name,
             fields,

@@ -24,6 +24,25 @@ pub(crate) fn resident() -> Result<u64, Box<dyn std::error::Error>> {
     Err("this measurement reads /proc/self/statm (Linux, glibc)".into())
 }
 
+/// Starts a new peak of resident memory (Linux: `clear_refs`), for [`peak`].
+pub(crate) fn reset_peak() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The peak resident memory since [`reset_peak`], in bytes (`VmHWM`).
+pub(crate) fn peak() -> Result<u64, Box<dyn std::error::Error>> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .ok_or("no VmHWM in /proc/self/status")?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()?;
+    Ok(kib * 1024)
+}
+
 /// Reads a thread's CPU time.
 pub(crate) type CpuClock = Box<dyn Fn() -> Result<Duration, Box<dyn std::error::Error>>>;
 

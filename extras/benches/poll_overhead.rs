@@ -7,6 +7,8 @@
 //! - `task/*`: a task on a 2-worker runtime that yields 1,000 times (one poll
 //!   per yield), spawned with `tokio::spawn`, with `loopwatch::spawn_named`,
 //!   and with tokio-metrics' `TaskMonitor::instrument`; per poll;
+//! - `task_current_thread/*`: the same task on a current-thread runtime,
+//!   where no cross-thread wake-up hides the per-poll path; per poll;
 //! - `call/*`: one sync call that does not block, plain, marked
 //!   `#[instrument_blocking]`, and through `loopwatch::blocking`;
 //! - `spawn/*`: spawning and awaiting 100 empty tasks, with `tokio::spawn`
@@ -96,6 +98,25 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("task_monitor_instrument", |b| {
         b.iter(|| rt.block_on(tokio_spawn_in(&rt, monitor.instrument(yielder()))));
+    });
+    group.finish();
+
+    // The same task on a current-thread runtime: no wake-up crosses
+    // threads, so what differs is the per-poll path alone.
+    let ct = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("task_current_thread");
+    group.throughput(criterion::Throughput::Elements(YIELDS));
+    group.bench_function("tokio_spawn", |b| {
+        b.iter(|| ct.block_on(tokio_spawn_in(&ct, yielder())));
+    });
+    group.bench_function("loopwatch_spawn_named", |b| {
+        b.iter(|| {
+            ct.block_on(async {
+                loopwatch::spawn_named("bench", yielder()).await.unwrap();
+            })
+        });
     });
     group.finish();
 }

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
-use super::{render, Exporter};
+use super::{page, render, Exporter};
 use crate::watchdog::connection_dropped;
 use crate::{Status, Watchdog};
 
@@ -27,6 +27,7 @@ pub(super) struct State {
     pub(super) max_connections: usize,
     pub(super) head_timeout: Duration,
     pub(super) request_timeout: Duration,
+    pub(super) max_tasks: usize,
 }
 
 /// One open connection, as the accept loop keeps it.
@@ -154,8 +155,14 @@ pub(super) fn serve_thread(
 /// What a request asked for.
 #[derive(Debug, PartialEq, Eq)]
 enum Request {
-    Get { path: String, head: bool },
-    OtherMethod { path: String },
+    Get {
+        path: String,
+        query: String,
+        head: bool,
+    },
+    OtherMethod {
+        path: String,
+    },
     Malformed,
     TooLarge,
 }
@@ -230,10 +237,19 @@ fn parse_head(head: &[u8]) -> Request {
     if !version.starts_with("HTTP/1.") || !target.starts_with('/') || method.is_empty() {
         return Request::Malformed;
     }
-    let path = target.split('?').next().unwrap_or(target).to_owned();
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let (path, query) = (path.to_owned(), query.to_owned());
     match method {
-        "GET" => Request::Get { path, head: false },
-        "HEAD" => Request::Get { path, head: true },
+        "GET" => Request::Get {
+            path,
+            query,
+            head: false,
+        },
+        "HEAD" => Request::Get {
+            path,
+            query,
+            head: true,
+        },
         _ => Request::OtherMethod { path },
     }
 }
@@ -265,7 +281,7 @@ fn respond(request: &Request, state: &State) -> Vec<u8> {
             Some("Allow: GET, HEAD\r\n"),
         ),
         Request::OtherMethod { .. } => not_found(),
-        Request::Get { path, head } => match path.as_str() {
+        Request::Get { path, query, head } => match path.as_str() {
             "/metrics" => {
                 let body = render::metrics(&state.handle, &state.watchdog);
                 response(
@@ -287,13 +303,97 @@ fn respond(request: &Request, state: &State) -> Vec<u8> {
                 };
                 response(code, reason, "application/json", &body, *head, None)
             }
+            "/tasks" => match TasksQuery::parse(query, state.max_tasks) {
+                Ok(q) => {
+                    let dump = state.watchdog.task_dump(q.limit);
+                    if q.text {
+                        let body = dump.to_string();
+                        response(
+                            200,
+                            "OK",
+                            "text/plain; charset=utf-8",
+                            body.as_bytes(),
+                            *head,
+                            None,
+                        )
+                    } else {
+                        let body = serde_json::to_vec(&dump).unwrap_or_default();
+                        response(200, "OK", "application/json", &body, *head, None)
+                    }
+                }
+                Err(why) => response(
+                    400,
+                    "Bad Request",
+                    "text/plain",
+                    format!("{why}\n").as_bytes(),
+                    *head,
+                    None,
+                ),
+            },
+            "/" => {
+                let health = state.watchdog.health();
+                let dump = state
+                    .watchdog
+                    .task_dump(page::PAGE_TASKS.min(state.max_tasks));
+                let body = page::render(
+                    &health,
+                    &dump,
+                    state.watchdog.hung_task_threshold().as_secs_f64(),
+                );
+                response(
+                    200,
+                    "OK",
+                    "text/html; charset=utf-8",
+                    body.as_bytes(),
+                    *head,
+                    None,
+                )
+            }
             _ => not_found(),
         },
     }
 }
 
+/// What `GET /tasks` was asked for: `format=json` (the default) or
+/// `format=text`, and `limit=N` tasks at most (at most the exporter's
+/// `max_tasks`, which is also the default).
+#[derive(Debug, PartialEq, Eq)]
+struct TasksQuery {
+    text: bool,
+    limit: usize,
+}
+
+impl TasksQuery {
+    fn parse(query: &str, max_tasks: usize) -> Result<TasksQuery, String> {
+        let mut q = TasksQuery {
+            text: false,
+            limit: max_tasks,
+        };
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            match key {
+                "format" => match value {
+                    "json" => q.text = false,
+                    "text" => q.text = true,
+                    _ => return Err(format!("bad query: format must be json or text, not {value:?}")),
+                },
+                "limit" => match value.parse::<usize>() {
+                    Ok(n) => q.limit = n.min(max_tasks),
+                    Err(_) => {
+                        return Err(format!(
+                            "bad query: limit must be a number of tasks (at most {max_tasks}), not {value:?}"
+                        ))
+                    }
+                },
+                _ => {} // other parameters (cache busters) are ignored
+            }
+        }
+        Ok(q)
+    }
+}
+
 fn is_known(path: &str) -> bool {
-    path == "/metrics" || path == "/health"
+    matches!(path, "/" | "/metrics" | "/health" | "/tasks")
 }
 
 fn not_found() -> Vec<u8> {
@@ -301,7 +401,7 @@ fn not_found() -> Vec<u8> {
         404,
         "Not Found",
         "text/plain",
-        b"not found; try /metrics or /health\n",
+        b"not found; try / (the status page), /metrics, /health or /tasks\n",
         false,
         None,
     )
@@ -337,6 +437,7 @@ mod tests {
             parse_head(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a"),
             Request::Get {
                 path: "/metrics".into(),
+                query: "x=1".into(),
                 head: false
             }
         );
@@ -344,6 +445,7 @@ mod tests {
             parse_head(b"HEAD /health HTTP/1.0"),
             Request::Get {
                 path: "/health".into(),
+                query: String::new(),
                 head: true
             }
         );
@@ -351,6 +453,7 @@ mod tests {
             parse_head(b"GET http://127.0.0.1:9377/metrics?x=1 HTTP/1.1\r\nHost: a"),
             Request::Get {
                 path: "/metrics".into(),
+                query: "x=1".into(),
                 head: false
             }
         );
@@ -358,6 +461,7 @@ mod tests {
             parse_head(b"GET https://host/health HTTP/1.1"),
             Request::Get {
                 path: "/health".into(),
+                query: String::new(),
                 head: false
             }
         );
@@ -381,5 +485,38 @@ mod tests {
         ] {
             assert_eq!(parse_head(junk), Request::Malformed, "{junk:?}");
         }
+    }
+
+    #[test]
+    fn task_queries_take_a_format_and_a_limit_up_to_the_setting() {
+        let parse = |q| TasksQuery::parse(q, 1000);
+        assert_eq!(
+            parse(""),
+            Ok(TasksQuery {
+                text: false,
+                limit: 1000
+            })
+        );
+        assert_eq!(
+            parse("format=text&limit=5"),
+            Ok(TasksQuery {
+                text: true,
+                limit: 5
+            })
+        );
+        assert_eq!(
+            parse("limit=5000&x=1"),
+            Ok(TasksQuery {
+                text: false,
+                limit: 1000
+            })
+        );
+        assert!(parse("format=xml")
+            .unwrap_err()
+            .contains("format must be json or text"));
+        assert!(parse("limit=-1")
+            .unwrap_err()
+            .contains("limit must be a number"));
+        assert!(parse("limit=").is_err());
     }
 }

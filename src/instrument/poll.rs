@@ -1,9 +1,10 @@
 //! The per-poll path shared by every instrumented future: spawned tasks,
 //! `watched` futures and `#[instrument_blocking] async fn` calls.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 
 use crate::clock::{now_ns, OncePerSecond};
+use crate::instrument::live::LiveRecord;
 use crate::instrument::names::{NameEntry, Timed};
 use crate::instrument::settings::SETTINGS;
 use crate::instrument::shard::Counts;
@@ -30,8 +31,9 @@ pub(crate) struct Polled<T> {
 
 /// Runs one poll of instrumented work named `entry`: marks it in the
 /// thread's poll slot for the watchdog (which then knows what the thread is
-/// stuck in, or that it keeps completing polls), stamps `last_poll` (for
-/// hung-task detection, to within [`LAST_POLL_EVERY_NS`]) and times it, with the coarse clock when the
+/// stuck in, or that it keeps completing polls), marks a task's live
+/// `record` running and then idle (for the task dump and hung-task
+/// detection) and times it, with the coarse clock when the
 /// shortest threshold its duration is compared with (`shortest_threshold_ns`)
 /// allows and the poll is not one of the sampled. What the duration counts
 /// for is the caller's: [`account_task_poll`] for tasks, the call's own
@@ -43,20 +45,21 @@ pub(crate) struct Polled<T> {
 #[inline]
 pub(crate) fn instrument_poll<T>(
     entry: &'static NameEntry,
-    last_poll: Option<&AtomicU64>,
+    record: Option<&'static LiveRecord>,
     shortest_threshold_ns: u64,
     poll: impl FnOnce() -> T,
 ) -> Polled<T> {
     let Some(timing) = slot::timing(shortest_threshold_ns, true) else {
-        return untracked(entry, last_poll, poll);
+        return untracked(entry, record, poll);
     };
     let start = timing.now();
     let guard = timing.slot.enter(entry, start);
-    if let Some(last) = last_poll {
-        stamp_last_poll(last, start);
-    }
+    let capture = record.map(|r| r.poll_started(start));
     let out = poll();
     let end = timing.now();
+    if let (Some(record), Some(capture)) = (record, capture) {
+        record.poll_ended(end, capture);
+    }
     guard.finish(end);
     let took = end.saturating_sub(start);
     Polled {
@@ -73,33 +76,22 @@ pub(crate) fn instrument_poll<T>(
 #[cold]
 fn untracked<T>(
     entry: &'static NameEntry,
-    last_poll: Option<&AtomicU64>,
+    record: Option<&'static LiveRecord>,
     poll: impl FnOnce() -> T,
 ) -> Polled<T> {
     let start = now_ns();
-    if let Some(last) = last_poll {
-        stamp_last_poll(last, start);
-    }
+    let capture = record.map(|r| r.poll_started(start));
     let out = poll();
+    let end = now_ns();
+    if let (Some(record), Some(capture)) = (record, capture) {
+        record.poll_ended(end, capture);
+    }
     Polled {
         out,
         start,
-        took: now_ns().saturating_sub(start),
+        took: end.saturating_sub(start),
         timed: Timed::Sampled,
         counts: slot::shared_counts(entry),
-    }
-}
-
-/// A live task's last poll is stamped again only when the stamp is this old
-/// (16 ms), so that its record, which shares a cache line with other tasks'
-/// records, is read at each poll but written at most this often. The
-/// watchdog takes the stamp to be up to this much early.
-pub(crate) const LAST_POLL_EVERY_NS: u64 = 16_000_000;
-
-#[inline]
-fn stamp_last_poll(last: &AtomicU64, start: u64) {
-    if start.saturating_sub(last.load(Relaxed)) >= LAST_POLL_EVERY_NS {
-        last.store(start, Relaxed);
     }
 }
 

@@ -129,13 +129,19 @@ pub(crate) struct Task<F: Future, J: Judge<F::Output>> {
 }
 
 impl<F: Future, J: Judge<F::Output>> Task<F, J> {
+    /// A task named `entry`, spawned at the caller's location.
     #[inline]
+    #[track_caller]
     fn new(entry: &'static NameEntry, inner: F) -> Self {
         let counts = counts_here(entry);
         counts.add(|s| &s.spawned, 1);
+        #[cfg(feature = "spans")]
+        let span = crate::spans::current_span_bits();
+        #[cfg(not(feature = "spans"))]
+        let span = 0;
         Task {
             inner,
-            record: live::register(entry, coarse_ns()),
+            record: live::register(entry, Location::caller(), coarse_ns(), span),
             progress: Progress::Idle,
             judge: PhantomData,
         }
@@ -154,9 +160,9 @@ impl<F: Future, J: Judge<F::Output>> Future for Task<F, J> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let entry = self.entry();
         let this = self.project();
-        let (inner, last_poll) = (this.inner, &this.record.last_poll);
+        let (inner, record) = (this.inner, *this.record);
         let polled = this.progress.step(|| {
-            instrument_poll(entry, Some(last_poll), SETTINGS.blocking_ns(), || {
+            instrument_poll(entry, Some(record), SETTINGS.blocking_ns(), || {
                 inner.poll(cx)
             })
         });

@@ -5,9 +5,11 @@
 //! may close at that very moment. A description freed on close would be a
 //! use after free; here a slot's memory lives for the whole process, so a
 //! read can only ever see a slot's *contents* change, never its memory go.
-//! Each slot has a `life` counter, bumped when the span closes: a handle is
-//! the slot's index and the life it was given at, and a read that finds
-//! another life afterwards is thrown away. The text is written under a
+//! Each slot has a `life` counter, bumped when a span takes the slot (odd:
+//! open) and when it closes (even: free): a handle is the slot's index and
+//! the life it was given at, and a read that finds another life afterwards
+//! is thrown away. A slot also keeps its span's parent (a handle), so that
+//! the open spans can be read as a tree ([`for_each_open`]). The text is written under a
 //! sequence lock (odd while a write is under way) and read as atomic words,
 //! so a read torn by a concurrent `record` is seen as such and retried. No
 //! `unsafe` is involved.
@@ -30,12 +32,16 @@ pub(crate) const MAX_DESCRIBED: usize = CHUNK * CHUNKS;
 /// A description slot.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    /// Bumped each time the slot is given back.
+    /// Bumped each time the slot is given to a span (then odd) and each
+    /// time it is given back (then even).
     life: AtomicU64,
     /// Sequence lock over `len` and `words`: odd while being written.
     seq: AtomicU64,
     len: AtomicU32,
     words: [AtomicU64; WORDS],
+    /// The handle bits of the span's parent's description (0: none), set
+    /// when the slot is given to a span.
+    parent: AtomicU64,
     /// Next free slot + 1 (0: none), while on the free list.
     next_free: AtomicU32,
 }
@@ -47,6 +53,7 @@ impl Slot {
             seq: AtomicU64::new(0),
             len: AtomicU32::new(0),
             words: std::array::from_fn(|_| AtomicU64::new(0)),
+            parent: AtomicU64::new(0),
             next_free: AtomicU32::new(0),
         }
     }
@@ -126,8 +133,9 @@ impl Handle {
 
 const _: () = assert!(MAX_DESCRIBED < (1 << Handle::INDEX_BITS));
 
-/// A slot for a new span's description, or `None` when all are taken.
-pub(crate) fn allocate(text: &str) -> Option<Handle> {
+/// A slot for a new span's description, child of the span described by
+/// `parent` (0: a root span), or `None` when all are taken.
+pub(crate) fn allocate(text: &str, parent: u64) -> Option<Handle> {
     let index = pop_free().or_else(|| {
         let fresh = FRESH.fetch_add(1, Ordering::Relaxed);
         if (fresh as usize) < MAX_DESCRIBED {
@@ -138,9 +146,13 @@ pub(crate) fn allocate(text: &str) -> Option<Handle> {
         }
     })?;
     let slot = slot_or_init(index);
-    let handle = Handle::new(index, slot.life.load(Ordering::Acquire));
-    write(handle, text);
-    Some(handle)
+    // A free slot's life is even, an open span's odd: the text and parent
+    // are written while it is still free, then the new life shows it open.
+    let life = slot.life.load(Ordering::Acquire) + 1;
+    slot.parent.store(parent, Ordering::Relaxed);
+    write_slot(slot, text);
+    slot.life.store(life, Ordering::Release);
+    Some(Handle::new(index, life))
 }
 
 /// The span closed: its slot goes back, and every handle to it goes stale.
@@ -166,9 +178,12 @@ pub(crate) fn release(handle: Handle) {
 /// Replaces the text (callers serialize writes to one span: tracing holds
 /// the span's extensions lock).
 pub(crate) fn write(handle: Handle, text: &str) {
-    let Some(slot) = slot(handle.index()) else {
-        return;
-    };
+    if let Some(slot) = slot(handle.index()) {
+        write_slot(slot, text);
+    }
+}
+
+fn write_slot(slot: &Slot, text: &str) {
     let bytes = &text.as_bytes()[..text.len().min(TEXT_BYTES)];
     let seq = slot.seq.load(Ordering::Relaxed);
     slot.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
@@ -211,6 +226,27 @@ pub(crate) fn read(handle: Handle) -> Option<String> {
         return Some(String::from_utf8_lossy(&bytes).into_owned());
     }
     None
+}
+
+/// Calls `visit` with every open span's description handle, its parent's
+/// handle bits (0: none) and its text (any thread; a span that closes
+/// meanwhile is left out).
+pub(crate) fn for_each_open(mut visit: impl FnMut(Handle, u64, String)) {
+    let fresh = FRESH.load(Ordering::Acquire).min(MAX_DESCRIBED as u32);
+    for index in 0..fresh {
+        let Some(slot) = slot(index) else {
+            continue;
+        };
+        let life = slot.life.load(Ordering::Acquire);
+        if life % 2 == 0 {
+            continue; // free
+        }
+        let handle = Handle::new(index, life);
+        let parent = slot.parent.load(Ordering::Relaxed);
+        if let Some(text) = read(handle) {
+            visit(handle, parent, text);
+        }
+    }
 }
 
 fn pop_free() -> Option<u32> {
@@ -258,7 +294,7 @@ mod tests {
 
     #[test]
     fn a_description_reads_back_until_released_then_never() {
-        let h = allocate("request{method=GET}").unwrap();
+        let h = allocate("request{method=GET}", 0).unwrap();
         assert!(h.is_live());
         assert_eq!(read(h).as_deref(), Some("request{method=GET}"));
         write(h, "request{method=GET status=200}");
@@ -268,7 +304,7 @@ mod tests {
         assert_eq!(read(h), None);
         release(h); // twice is harmless
                     // The slot is reused under a new life; the old handle stays stale.
-        let again = allocate("other").unwrap();
+        let again = allocate("other", 0).unwrap();
         assert_eq!(read(h), None);
         assert_eq!(read(again).as_deref(), Some("other"));
         release(again);
@@ -277,7 +313,7 @@ mod tests {
     #[test]
     fn text_is_capped() {
         let long = "x".repeat(1000);
-        let h = allocate(&long).unwrap();
+        let h = allocate(&long, 0).unwrap();
         assert_eq!(read(h).unwrap().len(), TEXT_BYTES);
         release(h);
     }
@@ -302,7 +338,7 @@ mod tests {
                     } else {
                         "b".repeat(40)
                     };
-                    let h = allocate(&text).unwrap();
+                    let h = allocate(&text, 0).unwrap();
                     write(h, &text);
                     handles[i].store(h.to_bits(), Ordering::Relaxed);
                     n += 1;

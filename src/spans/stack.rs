@@ -193,7 +193,25 @@ pub(crate) fn enter(id: u64, describe: impl FnOnce() -> Option<Handle>) {
             _ => miss(cached, id, describe),
         };
         local.stack.push(id, bits);
+        crate::instrument::live::capture_span(bits);
     });
+}
+
+/// The description handle bits of the innermost span the calling thread is
+/// in (0: none, or no description).
+#[inline]
+pub(crate) fn current() -> u64 {
+    LOCAL
+        .try_with(|local| {
+            let stack = &local.stack;
+            let depth = stack.depth.load(Ordering::Relaxed) as usize;
+            match depth {
+                0 => 0,
+                d if d > MAX_DEPTH => stack.descs[MAX_DEPTH - 1].load(Ordering::Relaxed),
+                d => stack.descs[d - 1].load(Ordering::Relaxed),
+            }
+        })
+        .unwrap_or(0)
 }
 
 /// Asks for a span's description and keeps it in the thread's cache.
@@ -323,8 +341,10 @@ mod tests {
                 while !stop.load(Ordering::Relaxed) {
                     // New spans each round (new ids, reused slots), entered,
                     // exited and closed, as requests come and go.
-                    let handles: Vec<Handle> =
-                        names.iter().map(|n| arena::allocate(n).unwrap()).collect();
+                    let handles: Vec<Handle> = names
+                        .iter()
+                        .map(|n| arena::allocate(n, 0).unwrap())
+                        .collect();
                     let ids: Vec<u64> = (0..3).map(|i| next_id + i).collect();
                     next_id += 3;
                     for (id, h) in ids.iter().zip(&handles) {

@@ -3,7 +3,6 @@
 //! the `metrics` facade), hung tasks, and the process's resources.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use super::builder::Config;
@@ -13,10 +12,13 @@ use super::publish;
 use crate::clock::nanos;
 use crate::health::{CallCounts, HungTask, TaskCounts};
 use crate::instrument::names::{self, NameCounts};
-use crate::instrument::poll::LAST_POLL_EVERY_NS;
+use crate::TaskInfo;
 
-/// Hung tasks listed by name in `Health`, oldest first.
+/// Hung tasks listed in `Health`, oldest first.
 const HUNG_LISTED: usize = 5;
+
+/// Warnings of tasks that became hung, at most this many a minute.
+const HUNG_WARNINGS_PER_MINUTE: u32 = 10;
 
 /// One name's counters at one instant.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -73,34 +75,82 @@ struct Usage {
     hung_by_name: HashMap<&'static str, u64>,
     /// The oldest hung tasks at the last scan.
     hung_oldest: Vec<HungTask>,
+    /// When live tasks were last scanned for hung ones (0: never).
+    last_scan: u64,
+    warnings: HungWarnings,
+}
+
+/// Warnings of tasks that became hung: at most
+/// [`HUNG_WARNINGS_PER_MINUTE`], the rest counted and said in one line
+/// when the next minute begins.
+#[derive(Debug, Default)]
+struct HungWarnings {
+    /// Start of the current minute (ns; 0: none yet).
+    minute: u64,
+    sent: u32,
+    held_back: u64,
+}
+
+impl HungWarnings {
+    /// How many warnings may be sent at `now`; a new minute says how many
+    /// were held back in the last.
+    fn room(&mut self, now: u64) -> usize {
+        if self.minute == 0 || now.saturating_sub(self.minute) >= 60_000_000_000 {
+            if self.held_back > 0 {
+                tracing::warn!(
+                    target: "loopwatch",
+                    held_back = self.held_back,
+                    "{} more task(s) became hung in the last minute; their warnings were held back (at most {} a minute; all are in /tasks)",
+                    self.held_back,
+                    HUNG_WARNINGS_PER_MINUTE
+                );
+            }
+            *self = HungWarnings {
+                minute: now,
+                sent: 0,
+                held_back: 0,
+            };
+        }
+        HUNG_WARNINGS_PER_MINUTE.saturating_sub(self.sent) as usize
+    }
+
+    /// Warns of `tasks`, which became hung, out of `total` that did.
+    fn warn(&mut self, tasks: &[TaskInfo], total: u64) {
+        for task in tasks {
+            let id = task.id.map_or_else(|| "?".to_owned(), |id| id.to_string());
+            let spans = if task.spans.is_empty() {
+                String::new()
+            } else {
+                format!(" in span {}", task.spans.join(" > "))
+            };
+            tracing::warn!(
+                target: "loopwatch",
+                task_id = task.id,
+                task = %task.name,
+                spawned_at = %task.spawned_at,
+                idle_seconds = task.state_seconds,
+                spans = ?task.spans,
+                "hung task: task {id} '{}' spawned at {} has not been polled for {:.1} s{spans}",
+                task.name,
+                task.spawned_at,
+                task.state_seconds
+            );
+        }
+        self.sent += tasks.len() as u32;
+        self.held_back += total.saturating_sub(tasks.len() as u64);
+    }
 }
 
 impl Usage {
-    /// Finds live tasks not polled for `hung_ns` (scans every live task).
+    /// Finds live tasks not polled for `hung_ns` (reads every live task's
+    /// record), and warns of those that became hung since the last scan.
     fn scan_hung(&mut self, now: u64, hung_ns: u64) {
-        let mut by_name: HashMap<&'static str, u64> = HashMap::new();
-        let mut oldest: Vec<(u64, &'static str)> = Vec::new();
-        crate::instrument::live::for_each_live(|entry, record| {
-            // The stamp may be up to LAST_POLL_EVERY_NS early: count the
-            // idle time that is sure.
-            let idle = now
-                .saturating_sub(record.last_poll.load(Relaxed))
-                .saturating_sub(LAST_POLL_EVERY_NS);
-            if idle >= hung_ns {
-                *by_name.entry(entry.name).or_default() += 1;
-                oldest.push((idle, entry.name));
-            }
-        });
-        oldest.sort_unstable_by_key(|o| std::cmp::Reverse(o.0));
-        oldest.truncate(HUNG_LISTED);
-        self.hung_oldest = oldest
-            .into_iter()
-            .map(|(idle, task)| HungTask {
-                task: task.to_owned(),
-                idle_seconds: idle as f64 / 1e9,
-            })
-            .collect();
-        self.hung_by_name = by_name;
+        let room = self.warnings.room(now);
+        let scan = crate::tasks::scan_hung(now, hung_ns, self.last_scan, HUNG_LISTED, room);
+        self.last_scan = now;
+        self.warnings.warn(&scan.newly, scan.newly_total);
+        self.hung_oldest = scan.oldest.into_iter().map(HungTask::from).collect();
+        self.hung_by_name = scan.by_name;
     }
 
     /// Totals over every name, for `Health`.
@@ -283,4 +333,32 @@ fn read_interval(config: &Config) -> Duration {
     (config.hung_task_threshold / 10)
         .min(Duration::from_secs(1))
         .max(config.check_interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(n: u64) -> TaskInfo {
+        crate::tasks::test_task(n)
+    }
+
+    #[test]
+    fn hung_warnings_are_at_most_ten_a_minute_and_the_rest_counted() {
+        const S: u64 = 1_000_000_000;
+        let mut w = HungWarnings::default();
+        // 15 tasks became hung at once: 10 warned, 5 held back.
+        let room = w.room(S);
+        assert_eq!(room, 10);
+        let tasks: Vec<TaskInfo> = (0..room as u64).map(task).collect();
+        w.warn(&tasks, 15);
+        assert_eq!((w.sent, w.held_back), (10, 5));
+        // Later in the same minute: no room, all held back.
+        assert_eq!(w.room(30 * S), 0);
+        w.warn(&[], 2);
+        assert_eq!(w.held_back, 7);
+        // The next minute: room again, the count starts over.
+        assert_eq!(w.room(61 * S), 10);
+        assert_eq!((w.sent, w.held_back), (0, 0));
+    }
 }

@@ -390,6 +390,59 @@ impl Watchdog {
         Health::clone(&shared.health.lock())
     }
 
+    /// Every live task spawned through loopwatch ([`spawn`](crate::spawn),
+    /// [`spawn_named`](crate::spawn_named),
+    /// [`spawn_fallible`](crate::spawn_fallible)), the longest idle first,
+    /// with its id, name, spawn site, age, state, polls and `tracing` spans
+    /// (see [`TaskInfo`](crate::TaskInfo)). Read from the tasks' own
+    /// records, not from the runtime: it answers while every worker is
+    /// blocked. It allocates a [`TaskInfo`](crate::TaskInfo) per live task
+    /// (about 200 bytes each, more with spans); for a bounded view of a
+    /// large service use [`task_dump`](Watchdog::task_dump).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), loopwatch::Error> {
+    /// let watchdog = loopwatch::Watchdog::builder().start()?;
+    /// let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    /// let waiting = loopwatch::spawn_named("waits", async move { let _ = rx.await; });
+    /// tokio::task::yield_now().await; // its first poll
+    /// let tasks = watchdog.tasks();
+    /// let task = tasks.iter().find(|t| t.name == "waits").unwrap();
+    /// assert_eq!(task.state, loopwatch::TaskState::Idle);
+    /// assert_eq!(task.polls, 1);
+    /// assert_eq!(task.id, Some(waiting.id().to_string().parse().unwrap()));
+    /// # drop(tx); waiting.await.unwrap(); watchdog.shutdown();
+    /// # Ok(()) }
+    /// ```
+    pub fn tasks(&self) -> Vec<crate::TaskInfo> {
+        crate::tasks::all(crate::clock::nanos(
+            self.inner.shared.config.hung_task_threshold,
+        ))
+    }
+
+    /// The live tasks' exact counts (running, idle, hung) and the first
+    /// `max` of them, the longest idle first (see [`tasks`](Watchdog::tasks)):
+    /// what `GET /tasks` serves. Time grows with the number of live tasks
+    /// (a read of each task's 64-byte record), memory with `max` only. Its
+    /// `Display` is a text dump, one block per task.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), loopwatch::Error> {
+    /// let watchdog = loopwatch::Watchdog::builder().start()?;
+    /// let dump = watchdog.task_dump(100);
+    /// assert!(dump.tasks.len() as u64 <= dump.total);
+    /// println!("{dump}");
+    /// # watchdog.shutdown();
+    /// # Ok(()) }
+    /// ```
+    pub fn task_dump(&self, max: usize) -> crate::TaskDump {
+        crate::tasks::dump(
+            crate::clock::nanos(self.inner.shared.config.hung_task_threshold),
+            max,
+        )
+    }
+
     /// Stops the watchdog thread and waits for it (at most about one check
     /// interval), ends the heartbeat task of every watched runtime (at its
     /// next poll), then waits for the [`on_stall`](WatchdogBuilder::on_stall)
