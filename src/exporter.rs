@@ -245,6 +245,7 @@ impl ExporterBuilder {
                 addr: self.bind,
                 source,
             })?;
+        widen_backlog(&listener);
         let handle = recorder_handle(self.handle)?;
         let state = Arc::new(http::State {
             watchdog: watchdog.clone(),
@@ -265,6 +266,25 @@ impl ExporterBuilder {
             stop: Mutex::new(Some((stop_tx, thread))),
         })
     }
+}
+
+/// The queue of connections the kernel completes before the server accepts
+/// them: std listens with 128, and a burst of more connections (a flood)
+/// makes the kernel drop the SYNs past it, so that a scraper connecting then
+/// waits for its SYN to be sent again, a second later.
+const BACKLOG: i32 = 1024;
+
+/// Listens again with [`BACKLOG`] (Linux and the BSDs take a second
+/// `listen` as a new backlog; the kernel caps it at its `somaxconn`).
+fn widen_backlog(listener: &std::net::TcpListener) {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: `listen` on a socket we own, already listening.
+        let _ = unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) };
+    }
+    #[cfg(not(unix))]
+    let _ = listener;
 }
 
 fn recorder_handle(provided: Option<PrometheusHandle>) -> Result<PrometheusHandle, Error> {

@@ -190,10 +190,22 @@ fn hostile_clients_never_stop_scraping() {
     assert_eq!(huge.status, 200);
     prompt("a huge Content-Length");
 
-    // Many idle connections.
+    // Many idle connections, in a burst: each is taken at once (the
+    // kernel's queue of connections not yet accepted holds them all; a
+    // dropped SYN would be sent again only a second later).
+    let mut slowest = Duration::ZERO;
     let idle: Vec<TcpStream> = (0..200)
-        .map(|_| TcpStream::connect(addr).unwrap())
+        .map(|_| {
+            let began = std::time::Instant::now();
+            let stream = TcpStream::connect(addr).unwrap();
+            slowest = slowest.max(began.elapsed());
+            stream
+        })
         .collect();
+    assert!(
+        slowest < Duration::from_millis(900),
+        "a connection of the burst waited {slowest:?}"
+    );
     prompt("200 idle connections");
     // They are closed after the request timeout (800 ms here).
     std::thread::sleep(Duration::from_millis(1200));
