@@ -89,6 +89,9 @@
 //! - `spans` (default): [`spans::layer()`], a `tracing-subscriber` layer
 //!   that puts the stuck thread's `tracing` spans in stall reports
 //!   ([`StallReport::spans`]).
+//! - `taskdump`: with `--cfg tokio_unstable` on Linux, hung tasks' await
+//!   traces from tokio's task dumps ([`TaskInfo::await_trace`]); turns on
+//!   tokio's `taskdump` feature. Without that cfg it does nothing.
 //! - `stacks` (default): the stuck thread's stack and culprit in stall
 //!   reports (Linux on x86_64), read from outside the thread when it waits
 //!   in the kernel, sampled by the kernel (`perf_event_open`) when it is

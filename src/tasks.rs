@@ -79,6 +79,17 @@ pub struct TaskInfo {
     /// (a task that waits in several places at once, as under `join!`; at
     /// most 7).
     pub other_spans: Vec<Vec<String>>,
+    /// Where the task awaits, as tokio's task dump (`Handle::dump()`) traced
+    /// it: for the 64 longest hung tasks, in a build with
+    /// `--cfg tokio_unstable` and loopwatch's `taskdump` feature on Linux;
+    /// `None` otherwise. A dump is asked of a multi-thread runtime only,
+    /// while its heartbeat shows it responsive, when a hung task has no
+    /// trace yet, at most once per hung-task threshold (10 s at least);
+    /// the watchdog never waits for it (given up after 2 s). Tokio pauses
+    /// the runtime's workers and polls each idle task once to trace it (and
+    /// wakes it once after): those polls count in `polls` but do not end
+    /// its idle time.
+    pub await_trace: Option<String>,
 }
 
 /// Live tasks at one moment: exact counts, and the longest idle ones.
@@ -244,6 +255,7 @@ pub(crate) fn describe(tasks: &[LiveTask], now: u64, hung_ns: u64) -> Vec<TaskIn
                 polls: t.polls,
                 spans,
                 other_spans,
+                await_trace: t.id.and_then(crate::watchdog::traces::trace_of),
             }
         })
         .collect()
@@ -347,6 +359,12 @@ impl fmt::Display for TaskInfo {
         for chain in &self.other_spans {
             writeln!(f, "    and {}", chain.join(" > "))?;
         }
+        if let Some(trace) = &self.await_trace {
+            writeln!(f, "    await trace (tokio's task dump):")?;
+            for line in trace.lines() {
+                writeln!(f, "        {line}")?;
+            }
+        }
         Ok(())
     }
 }
@@ -362,6 +380,8 @@ pub(crate) struct HungScan {
     /// `keep_new` found), and how many became hung in all.
     pub(crate) newly: Vec<TaskInfo>,
     pub(crate) newly_total: u64,
+    /// Tokio's ids of the longest hung tasks (at most `keep_ids`), longest first.
+    pub(crate) ids: Vec<u64>,
 }
 
 /// Finds the live tasks idle for `hung_ns` or longer (reads every live
@@ -374,9 +394,11 @@ pub(crate) fn scan_hung(
     last_scan: u64,
     keep_oldest: usize,
     keep_new: usize,
+    keep_ids: usize,
 ) -> HungScan {
     let mut scan = HungScan::default();
     let mut oldest = Firsts::new(keep_oldest, now);
+    let mut with_ids = Firsts::new(keep_ids, now);
     let mut newly = Vec::new();
     live::for_each_live(|task| {
         if state(task, now, hung_ns) != TaskState::Hung {
@@ -390,8 +412,12 @@ pub(crate) fn scan_hung(
             }
         }
         oldest.offer(task);
+        if task.id.is_some() {
+            with_ids.offer(task);
+        }
     });
     scan.oldest = describe(&oldest.into_sorted(), now, hung_ns);
+    scan.ids = with_ids.into_sorted().iter().filter_map(|t| t.id).collect();
     scan.newly = describe(&newly, now, hung_ns);
     scan
 }
@@ -409,5 +435,6 @@ pub(crate) fn test_task(id: u64) -> TaskInfo {
         polls: 1,
         spans: Vec::new(),
         other_spans: Vec::new(),
+        await_trace: None,
     }
 }

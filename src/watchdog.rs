@@ -23,7 +23,9 @@
 //! - [`publish`]: what is recorded through the `metrics` facade;
 //! - [`histograms`]: the per-runtime histograms, aggregated where recorded;
 //! - [`systemd`]: `WATCHDOG=1` pings and `STATUS=` lines for systemd;
-//! - [`abort`]: `abort_after`, the report to stderr and the abort.
+//! - [`abort`]: `abort_after`, the report to stderr and the abort;
+//! - `traces`: hung tasks' await traces from tokio's task dumps
+//!   (`--cfg tokio_unstable` and the `taskdump` feature).
 
 mod abort;
 mod activity;
@@ -47,6 +49,55 @@ mod stall;
 #[cfg(unix)]
 mod systemd;
 mod threads;
+#[cfg(all(
+    tokio_unstable,
+    feature = "taskdump",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+pub(crate) mod traces;
+/// Without tokio's task dumps: no await traces.
+#[cfg(not(all(
+    tokio_unstable,
+    feature = "taskdump",
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+)))]
+pub(crate) mod traces {
+    use std::sync::Arc;
+
+    /// No hung task's id is kept for a trace.
+    pub(crate) const MAX_TRACES: usize = 0;
+
+    /// No trace is ever taken.
+    pub(crate) fn trace_of(_id: u64) -> Option<String> {
+        None
+    }
+
+    /// No dump polls tasks.
+    #[inline(always)]
+    pub(crate) fn dumping() -> bool {
+        false
+    }
+
+    /// Takes no dump.
+    #[derive(Debug, Default)]
+    pub(crate) struct AwaitTraces {}
+
+    impl AwaitTraces {
+        pub(crate) fn collect(&mut self, _now: u64) {}
+
+        pub(crate) fn tick(
+            &mut self,
+            _now: u64,
+            _runtimes: &[Arc<super::runtimes::RuntimeEntry>],
+            _hung: &[u64],
+            _heartbeat_ns: u64,
+            _every_ns: u64,
+        ) {
+        }
+    }
+}
 
 pub use builder::WatchdogBuilder;
 pub use cause::{CpuAccount, StallCause, Throttling};

@@ -437,3 +437,58 @@ fn a_task_in_a_long_poll_is_running_and_a_fresh_one_idle() {
     assert!(!watchdog.tasks().iter().any(|t| t.name.starts_with("dump.")));
     watchdog.shutdown();
 }
+
+/// Waits for a reply that never comes.
+#[cfg(all(tokio_unstable, feature = "taskdump"))]
+async fn waits_for_reply(rx: tokio::sync::oneshot::Receiver<()>) {
+    let _ = rx.await;
+}
+
+#[cfg(all(tokio_unstable, feature = "taskdump"))]
+#[test]
+fn unstable_a_hung_task_has_its_await_trace_from_a_task_dump() {
+    let _serial = serial();
+    subscriber();
+    let watchdog = Watchdog::builder()
+        .hung_task_threshold(Duration::from_millis(500))
+        .check_interval(Duration::from_millis(20))
+        .start()
+        .unwrap();
+    let rt = common::multi_thread(2);
+    watchdog.watch_runtime("dumped", rt.handle()).unwrap();
+    // A current-thread runtime is never dumped (tokio#8391).
+    let ct = common::current_thread();
+    watchdog.watch_runtime("not-dumped", ct.handle()).unwrap();
+    let (_tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let hung = {
+        let _enter = rt.enter();
+        loopwatch::spawn_named("dump.traced", waits_for_reply(rx))
+    };
+    let traced = wait_until(Duration::from_secs(10), || {
+        watchdog
+            .tasks()
+            .iter()
+            .any(|t| t.name == "dump.traced" && t.await_trace.is_some())
+    });
+    let tasks = watchdog.tasks();
+    let task = find(&tasks, "dump.traced");
+    assert!(traced, "{task:?}");
+    assert_eq!(task.state, TaskState::Hung);
+    let trace = task.await_trace.as_deref().unwrap();
+    assert!(trace.contains("waits_for_reply"), "{trace}");
+    // The dump polled it to trace it: no sign of progress, its idle time
+    // runs on from its first poll.
+    assert!(
+        task.state_seconds > task.age_seconds - 0.3,
+        "the dump's polls ended its idle time: {task:?}"
+    );
+    println!("{}", watchdog.task_dump(10));
+    assert!(format!("{}", watchdog.task_dump(10)).contains("await trace (tokio's task dump):"));
+    // The runtime goes on: a task spawned now runs.
+    assert_eq!(
+        rt.block_on(async { tokio::spawn(async { 7 }).await.unwrap() }),
+        7
+    );
+    hung.abort();
+    watchdog.shutdown();
+}

@@ -176,7 +176,9 @@ impl LiveRecord {
     /// thread only). Its first poll also notes tokio's id of the task.
     #[inline]
     pub(crate) fn poll_started(&'static self, start: u64) -> Capture {
-        self.stamp.store(start << 1 | 1, Ordering::Relaxed);
+        if !crate::watchdog::traces::dumping() {
+            self.stamp.store(start << 1 | 1, Ordering::Relaxed);
+        }
         if self.polls.load(Ordering::Relaxed) & POLLS_MASK == 0 {
             self.note_id();
         }
@@ -194,7 +196,9 @@ impl LiveRecord {
     #[inline]
     pub(crate) fn poll_ended(&self, end: u64, capture: Capture) {
         drop(capture);
-        self.stamp.store(end << 1, Ordering::Relaxed);
+        if !crate::watchdog::traces::dumping() {
+            self.stamp.store(end << 1, Ordering::Relaxed);
+        }
         let polls = self.polls.load(Ordering::Relaxed);
         self.polls.store(polls + 1, Ordering::Relaxed);
     }
@@ -265,7 +269,7 @@ pub(crate) fn capture_span(bits: u64) {
 /// Tokio's task id as a number: tokio prints it, and hashes it as that
 /// `u64` (checked against its `Display` once, with a fallback to parsing
 /// what it prints).
-fn task_id_bits(id: tokio::task::Id) -> u64 {
+pub(crate) fn task_id_bits(id: tokio::task::Id) -> u64 {
     use std::sync::atomic::AtomicU8;
     /// 0: not checked yet; 1: hashing gives the number; 2: it does not.
     static HASH_GIVES_NUMBER: AtomicU8 = AtomicU8::new(0);

@@ -77,6 +77,8 @@ struct Usage {
     hung_oldest: Vec<HungTask>,
     /// When live tasks were last scanned for hung ones (0: never).
     last_scan: u64,
+    /// Tokio's ids of the longest hung tasks at the last scan.
+    hung_ids: Vec<u64>,
     warnings: HungWarnings,
 }
 
@@ -146,8 +148,16 @@ impl Usage {
     /// record), and warns of those that became hung since the last scan.
     fn scan_hung(&mut self, now: u64, hung_ns: u64) {
         let room = self.warnings.room(now);
-        let scan = crate::tasks::scan_hung(now, hung_ns, self.last_scan, HUNG_LISTED, room);
+        let scan = crate::tasks::scan_hung(
+            now,
+            hung_ns,
+            self.last_scan,
+            HUNG_LISTED,
+            room,
+            super::traces::MAX_TRACES,
+        );
         self.last_scan = now;
+        self.hung_ids = scan.ids;
         self.warnings.warn(&scan.newly, scan.newly_total);
         self.hung_oldest = scan.oldest.into_iter().map(HungTask::from).collect();
         self.hung_by_name = scan.by_name;
@@ -299,6 +309,12 @@ impl Activity {
         self.process.pauses += 1;
         self.process.paused_ns += len;
         self.process.last_pause = Some((end, len));
+    }
+
+    /// Tokio's ids of the longest hung tasks at the last scan, longest first
+    /// (kept only where await traces can be taken).
+    pub(crate) fn hung_ids(&self) -> &[u64] {
+        &self.usage.hung_ids
     }
 
     /// The process's resources as last read.

@@ -40,6 +40,8 @@ pub(crate) struct Checker {
     recent: RecentStalls,
     reporter: Reporter,
     activity: Activity,
+    /// Hung tasks' await traces (with tokio's task dumps).
+    traces: super::traces::AwaitTraces,
     /// systemd's watchdog, when asked for and set up by the environment.
     #[cfg(unix)]
     systemd: Option<super::systemd::Notifier>,
@@ -89,6 +91,7 @@ impl Checker {
             recent: RecentStalls::new(config.recent_stalls),
             reporter: Reporter::new(callback),
             activity: Activity::new(config),
+            traces: super::traces::AwaitTraces::default(),
             #[cfg(unix)]
             systemd: config
                 .notify_systemd
@@ -160,8 +163,17 @@ impl Checker {
             reports.extend(self.handle(event, &gone));
         }
         self.evidence.end_check();
+        self.traces.collect(now);
         if self.activity.tick(now) {
             *self.shared.process.lock() = self.activity.process();
+            let runtimes = self.shared.runtimes.lock().clone();
+            self.traces.tick(
+                now,
+                &runtimes,
+                self.activity.hung_ids(),
+                self.heartbeat_ns,
+                nanos(self.shared.config.hung_task_threshold),
+            );
         }
         let health = self.publish(now);
         #[cfg(unix)]
