@@ -438,6 +438,107 @@ fn a_task_in_a_long_poll_is_running_and_a_fresh_one_idle() {
     watchdog.shutdown();
 }
 
+#[test]
+fn a_current_thread_runtimes_tasks_are_listed_while_its_thread_is_blocked() {
+    let _serial = serial();
+    subscriber();
+    let watchdog = Watchdog::builder()
+        .hung_task_threshold(Duration::from_millis(500))
+        .check_interval(Duration::from_millis(20))
+        .start()
+        .unwrap();
+    let rt = Arc::new(common::current_thread());
+    let (_tx, rx) = tokio::sync::mpsc::channel::<u32>(1);
+    let permits = Arc::new(tokio::sync::Semaphore::new(1));
+    let (started_tx, started_rx) = std::sync::mpsc::channel();
+    let block = Duration::from_secs(4);
+    let guard = rt.enter();
+    // Spawned first, so that it is polled (and waits) before the other one
+    // blocks the runtime's only thread.
+    let (line, waiting) = spawn_at("ct.channel", process_job(9, "queue", rx, permits));
+    let (blocker_line, blocker) = spawn_at("ct.blocker", async move {
+        started_tx.send(std::time::Instant::now()).unwrap();
+        std::thread::sleep(block);
+    });
+    drop(guard);
+    let waiting_id: u64 = waiting.id().to_string().parse().unwrap();
+    let blocker_id: u64 = blocker.id().to_string().parse().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let driver = {
+        let rt = rt.clone();
+        std::thread::spawn(move || {
+            rt.block_on(async move {
+                let _ = stop_rx.await;
+            })
+        })
+    };
+
+    let blocked_at = started_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    // The runtime's thread sleeps in the blocker's poll: nothing on it runs
+    // until it returns, yet the dump answers from the tasks' own records.
+    let mut tasks = Vec::new();
+    let hung = wait_until(Duration::from_millis(2500), || {
+        tasks = watchdog.tasks();
+        tasks
+            .iter()
+            .any(|t| t.name == "ct.channel" && t.state == TaskState::Hung)
+    });
+    let read_after = blocked_at.elapsed();
+    assert!(hung, "the waiting task became hung: {tasks:#?}");
+    assert!(
+        read_after < block,
+        "read while the runtime was blocked ({read_after:?} of {block:?})"
+    );
+    check(
+        find(&tasks, "ct.channel"),
+        &Expected {
+            name: "ct.channel",
+            line,
+            id: waiting_id,
+            spans: vec![
+                "process_job{id=9 host=\"queue\"}",
+                "fetch_upstream{host=\"queue\"}",
+                "wait_for_message{queue=\"jobs\"}",
+            ],
+        },
+        0.5,
+    );
+    let b = find(&tasks, "ct.blocker");
+    assert_eq!(b.id, Some(blocker_id), "{b:?}");
+    assert_eq!(b.state, TaskState::Running, "{b:?}");
+    assert_eq!(b.polls, 0, "its first poll has not ended: {b:?}");
+    assert!(
+        b.state_seconds >= 0.4 && b.state_seconds <= read_after.as_secs_f64() + 0.1,
+        "in its poll since it blocked: {b:?} (read {read_after:?} after)"
+    );
+    assert!(
+        b.spawned_at
+            .ends_with(&format!("tests/task_dump.rs:{blocker_line}")),
+        "{b:?}"
+    );
+    let text = watchdog.task_dump(10).to_string();
+    assert!(
+        text.contains(&format!("task {waiting_id} \"ct.channel\" [hung, idle ")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "task {blocker_id} \"ct.blocker\" [running, in a poll for "
+        )),
+        "{text}"
+    );
+
+    stop_tx.send(()).unwrap();
+    driver.join().unwrap();
+    drop(waiting);
+    drop(blocker);
+    watchdog.shutdown();
+    Arc::try_unwrap(rt)
+        .ok()
+        .unwrap()
+        .shutdown_timeout(Duration::from_secs(1));
+}
+
 /// Waits for a reply that never comes.
 #[cfg(all(tokio_unstable, feature = "taskdump"))]
 async fn waits_for_reply(rx: tokio::sync::oneshot::Receiver<()>) {
