@@ -131,16 +131,21 @@ fn check(task: &TaskInfo, e: &Expected, min_age: f64) {
     assert_eq!(task.spans, e.spans, "{task:?}");
 }
 
+/// A watchdog that calls a task hung after `threshold` idle, looking often.
+fn watchdog_hung_after(threshold: Duration) -> Watchdog {
+    Watchdog::builder()
+        .hung_task_threshold(threshold)
+        .check_interval(Duration::from_millis(20))
+        .start()
+        .unwrap()
+}
+
 #[test]
 fn tasks_waiting_forever_are_listed_with_id_site_age_and_where_they_wait() {
     let _serial = serial();
     subscriber();
     events().lock().unwrap().clear();
-    let watchdog = Watchdog::builder()
-        .hung_task_threshold(Duration::from_millis(600))
-        .check_interval(Duration::from_millis(20))
-        .start()
-        .unwrap();
+    let watchdog = watchdog_hung_after(Duration::from_millis(600));
     let exporter = loopwatch::Exporter::builder()
         .bind("127.0.0.1:0".parse().unwrap())
         .start(&watchdog)
@@ -442,11 +447,7 @@ fn a_task_in_a_long_poll_is_running_and_a_fresh_one_idle() {
 fn a_current_thread_runtimes_tasks_are_listed_while_its_thread_is_blocked() {
     let _serial = serial();
     subscriber();
-    let watchdog = Watchdog::builder()
-        .hung_task_threshold(Duration::from_millis(500))
-        .check_interval(Duration::from_millis(20))
-        .start()
-        .unwrap();
+    let watchdog = watchdog_hung_after(Duration::from_millis(500));
     let rt = Arc::new(common::current_thread());
     let (_tx, rx) = tokio::sync::mpsc::channel::<u32>(1);
     let permits = Arc::new(tokio::sync::Semaphore::new(1));
@@ -550,11 +551,7 @@ async fn waits_for_reply(rx: tokio::sync::oneshot::Receiver<()>) {
 fn unstable_a_hung_task_has_its_await_trace_from_a_task_dump() {
     let _serial = serial();
     subscriber();
-    let watchdog = Watchdog::builder()
-        .hung_task_threshold(Duration::from_millis(500))
-        .check_interval(Duration::from_millis(20))
-        .start()
-        .unwrap();
+    let watchdog = watchdog_hung_after(Duration::from_millis(500));
     let rt = common::multi_thread(2);
     watchdog.watch_runtime("dumped", rt.handle()).unwrap();
     // A current-thread runtime is never dumped (tokio#8391).
