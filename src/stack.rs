@@ -8,7 +8,8 @@
 //!   the kernel while the thread runs user code;
 //! - [`modules`]: the loaded objects and their unwind tables;
 //! - [`unwind`]: the walk of a copied stack, right without the frame
-//!   pointer (its doc says why);
+//!   pointer and through tail calls (its doc says why and how);
+//! - [`decode`]: the calls, jumps and prologues the walk reads;
 //! - [`classify`]: the one classifier of frames, by name, inlined ones
 //!   included (tokio's scheduler, task harness and park code);
 //! - [`symbols`]: names, `file:line` and the culprit, resolved on demand.
@@ -134,6 +135,11 @@ pub(crate) struct Sample {
     pub(crate) frames: Vec<usize>,
     /// The stack pointer in each frame.
     pub(crate) sps: Vec<u64>,
+    /// Which frames stand for functions that left by a tail call (indices
+    /// into `frames`: the address of the function's jump, or 0 where
+    /// functions may have been left out through a jump whose target is not
+    /// known).
+    pub(crate) tail_calls: Vec<usize>,
     /// Whether the walk reached the thread's first frame.
     pub(crate) complete: bool,
     /// Where the walk stopped, when it did not.
@@ -153,6 +159,8 @@ pub(crate) struct Symbolized {
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
 mod classify;
+#[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
+mod decode;
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
 mod modules;
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
@@ -253,6 +261,7 @@ mod linux {
                         stopped: walk.stop.map(|s| s.describe()),
                         frames: walk.frames,
                         sps: walk.sps,
+                        tail_calls: walk.tail_calls,
                         method: Method::Proc,
                     });
                 }
@@ -275,6 +284,7 @@ mod linux {
                         stopped: walk.stop.map(|s| s.describe()),
                         frames: walk.frames,
                         sps: walk.sps,
+                        tail_calls: walk.tail_calls,
                         method: Method::Perf,
                     };
                     // A deep stack that ran past the window is kept as it is.
@@ -334,6 +344,7 @@ mod unsupported {
         pub(crate) worker: bool,
         pub(crate) polling: Option<usize>,
         pub(crate) current_thread: bool,
+        pub(crate) parked: bool,
     }
 
     pub(crate) fn role(_symbolizer: &mut Symbolizer, _frames: &[usize]) -> Option<Role> {
@@ -345,7 +356,7 @@ mod unsupported {
     pub(crate) struct Symbolizer;
 
     impl Symbolizer {
-        pub(crate) fn symbolize(&mut self, _frames: &[usize], _full: bool) -> Option<Symbolized> {
+        pub(crate) fn symbolize(&mut self, _sample: &Sample, _full: bool) -> Option<Symbolized> {
             None
         }
 

@@ -309,3 +309,141 @@ fn full_stacks_keep_the_scheduler_frames() {
     rt.block_on(task).unwrap();
     watchdog.shutdown();
 }
+
+// Two shapes written in assembly, so that they are the same in every
+// profile: a thin wrapper whose last act is a call to the standard
+// library's `sleep`, compiled into a jump (what `fn load_order(d: Duration)
+// { std::thread::sleep(d) }` is in a release build), and code no unwind
+// table describes, which makes a `nanosleep` system call itself.
+#[cfg(target_arch = "x86_64")]
+std::arch::global_asm!(
+    ".pushsection .text.loopwatch_evidence_shapes,\"ax\",@progbits",
+    ".globl loopwatch_evidence_load_order",
+    ".type loopwatch_evidence_load_order,@function",
+    "loopwatch_evidence_load_order:",
+    ".cfi_startproc",
+    "jmp {sleep}",
+    ".cfi_endproc",
+    ".size loopwatch_evidence_load_order, .-loopwatch_evidence_load_order",
+    ".globl loopwatch_evidence_sleeps_without_unwind_info",
+    ".type loopwatch_evidence_sleeps_without_unwind_info,@function",
+    "loopwatch_evidence_sleeps_without_unwind_info:",
+    "xor %esi, %esi",
+    "mov $35, %eax",
+    "syscall",
+    "ret",
+    ".size loopwatch_evidence_sleeps_without_unwind_info, .-loopwatch_evidence_sleeps_without_unwind_info",
+    ".popsection",
+    sleep = sym std::thread::sleep,
+    options(att_syntax),
+);
+
+#[cfg(target_arch = "x86_64")]
+extern "Rust" {
+    /// Jumps to `std::thread::sleep` with its argument: the same signature.
+    fn loopwatch_evidence_load_order(d: Duration);
+}
+
+#[cfg(target_arch = "x86_64")]
+extern "C" {
+    /// `nanosleep(time, NULL)`, in code without unwind tables.
+    fn loopwatch_evidence_sleeps_without_unwind_info(time: *const libc::timespec) -> libc::c_long;
+}
+
+/// The task of the tail-call test: calls the wrapper directly, and does
+/// something after, so that it stays a frame of its own.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn evidence_calls_a_thin_wrapper(d: Duration) {
+    // SAFETY: the wrapper jumps to `std::thread::sleep(d)`.
+    unsafe { loopwatch_evidence_load_order(d) };
+    std::hint::black_box(());
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_thin_wrapper_that_jumps_to_the_blocking_call_is_the_culprit_on_a_handle_only_runtime() {
+    let _serial = serial();
+    let (watchdog, reports) = start(STALL, CHECK);
+    let rt = multi_thread(2);
+    watchdog.watch_runtime("ev-tail", rt.handle()).unwrap();
+    let task = rt.spawn(async { evidence_calls_a_thin_wrapper(Duration::from_millis(2000)) });
+    let (_, first) = reports
+        .wait_first("ev-tail", Duration::from_secs(4))
+        .expect("reported");
+    rt.block_on(task).unwrap();
+    let stack = first
+        .backtrace
+        .clone()
+        .unwrap_or_else(|| panic!("the stuck worker is found: {first:?}"));
+    assert_eq!(first.stack_complete, Some(true), "{stack}");
+    // The wrapper stands between `sleep` and its caller, marked.
+    let names: Vec<&str> = stack
+        .lines()
+        .filter_map(|l| l.trim_start().split_once(": ").map(|(_, n)| n))
+        .collect();
+    let sleep = names
+        .iter()
+        .position(|n| n.starts_with("std::thread::functions::sleep"))
+        .unwrap_or_else(|| panic!("{stack}"));
+    assert_eq!(
+        names.get(sleep + 1),
+        Some(&"loopwatch_evidence_load_order (tail call)"),
+        "{stack}"
+    );
+    assert!(
+        names
+            .get(sleep + 2)
+            .is_some_and(|n| n.contains("evidence_calls_a_thin_wrapper")),
+        "{stack}"
+    );
+    assert!(
+        first
+            .culprit
+            .as_deref()
+            .is_some_and(|c| c.starts_with("loopwatch_evidence_load_order")),
+        "the wrapper is the culprit: {first:?}"
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+fn evidence_calls_code_without_unwind_info(d: Duration) -> libc::c_long {
+    let time = libc::timespec {
+        tv_sec: d.as_secs() as libc::time_t,
+        tv_nsec: libc::c_long::from(d.subsec_nanos()),
+    };
+    // SAFETY: a valid timespec; the function only makes the system call.
+    let rc = unsafe { loopwatch_evidence_sleeps_without_unwind_info(&time) };
+    std::hint::black_box(rc)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn a_handle_only_runtime_finds_a_worker_stuck_where_the_walk_stops() {
+    let _serial = serial();
+    let (watchdog, reports) = start(STALL, CHECK);
+    let rt = multi_thread(2);
+    watchdog.watch_runtime("ev-partial", rt.handle()).unwrap();
+    let task =
+        rt.spawn(async { evidence_calls_code_without_unwind_info(Duration::from_millis(2000)) });
+    let (_, first) = reports
+        .wait_first("ev-partial", Duration::from_secs(4))
+        .expect("reported");
+    assert_eq!(rt.block_on(task).unwrap(), 0, "the sleep is not cut short");
+    assert_eq!(first.stack_missing, None, "{first:?}");
+    assert!(
+        first.thread.is_some(),
+        "the stuck worker is found: {first:?}"
+    );
+    assert_eq!(first.cause, loopwatch::StallCause::Blocked, "{first}");
+    let stack = first.backtrace.clone().expect("what was walked");
+    assert_eq!(first.stack_complete, Some(false), "{stack}");
+    assert!(
+        stack.contains("loopwatch_evidence_sleeps_without_unwind_info")
+            && stack.contains(
+                "(partial: the walk stopped here: the next function has no unwind information)"
+            ),
+        "{stack}"
+    );
+}

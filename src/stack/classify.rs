@@ -69,6 +69,8 @@ pub(crate) struct Role {
     pub(crate) polling: Option<usize>,
     /// Inside tokio's current-thread scheduler (driving a runtime).
     pub(crate) current_thread: bool,
+    /// In tokio's park code (a worker or driver with nothing to do).
+    pub(crate) parked: bool,
 }
 
 /// What the thread whose walk is `frames` is doing, from the names of its
@@ -113,6 +115,7 @@ fn role_of(functions: &[(usize, String)]) -> Role {
         current_thread: kinds
             .iter()
             .any(|&(_, k)| k == FrameKind::CurrentThreadScheduler),
+        parked: kinds.iter().any(|&(_, k)| k == FrameKind::Park),
     }
 }
 
@@ -246,10 +249,16 @@ mod tests {
     fn a_stack_inside_a_task_poll_is_trimmed_at_tokio() {
         let frames = stack_of_a_thread_sleeping(true);
         let mut symbolizer = crate::stack::Symbolizer::default();
-        let text = symbolizer.symbolize(&frames, false).unwrap().text;
+        let text = symbolizer
+            .symbolize_frames(&frames, &[], false)
+            .unwrap()
+            .text;
         assert!(text.contains("std::thread::functions::sleep"), "{text}");
         assert!(!text.contains("tokio::"), "tokio's frames are cut:\n{text}");
-        let full = symbolizer.symbolize(&frames, true).unwrap().text;
+        let full = symbolizer
+            .symbolize_frames(&frames, &[], true)
+            .unwrap()
+            .text;
         assert!(full.contains("tokio::runtime::task::"), "{full}");
     }
 

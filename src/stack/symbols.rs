@@ -16,7 +16,7 @@ use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
 use super::classify::kind_of_name;
 use super::modules::Object;
-use super::Symbolized;
+use super::{Sample, Symbolized};
 
 /// A read-only private mapping of a file, unmapped when dropped.
 pub(crate) struct Mapped {
@@ -71,6 +71,26 @@ struct Line {
     place: Option<String>,
     /// Whether the function belongs to the runtime's plumbing (see [`is_plumbing`]).
     plumbing: bool,
+    /// Whether the function left by a tail call: it called on with a jump,
+    /// so that its frame is gone, and the walk found where it was.
+    tail: bool,
+}
+
+/// The name shown where functions may have been left out by a tail call
+/// through a jump whose target is not known (a function pointer, a trait
+/// object): the walk cannot say which, nor whether any.
+const UNKNOWN_TAIL_CALLS: &str = "?? (tail calls through a jump whose target is not known, if any)";
+
+impl Line {
+    /// The marker of functions left out by unknown tail calls.
+    fn unknown_tail_calls() -> Line {
+        Line {
+            name: UNKNOWN_TAIL_CALLS.to_owned(),
+            place: None,
+            plumbing: true,
+            tail: false,
+        }
+    }
 }
 
 /// Where an object's bytes come from (kept for the borrows into them).
@@ -157,6 +177,7 @@ impl Resolver {
             .chain(file.dynamic_symbols())
             .filter(|s| s.kind() == object::SymbolKind::Text && s.address() != 0)
             .filter_map(|s| Some((s.address(), s.address() + s.size(), s.name().ok()?)))
+            .filter(|(_, _, name)| !name.is_empty())
             .collect();
         symbols.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
         symbols.dedup_by_key(|s| s.0);
@@ -246,6 +267,12 @@ impl Resolver {
                 last.0 = symbol.clone();
             }
         }
+        // A name that is empty is no name.
+        for line in &mut lines {
+            if line.0.as_deref().is_some_and(str::is_empty) {
+                line.0 = None;
+            }
+        }
         if lines.is_empty() {
             lines.push((symbol, None));
         }
@@ -264,6 +291,7 @@ impl Resolver {
                     name,
                     place,
                     plumbing,
+                    tail: false,
                 }
             })
             .collect()
@@ -282,7 +310,8 @@ impl Resolver {
         if probe >= *end && probe != *start {
             return None;
         }
-        Some(format!("{:#}", rustc_demangle::demangle(name)))
+        let name = format!("{:#}", rustc_demangle::demangle(name));
+        (!name.is_empty()).then_some(name)
     }
 }
 
@@ -370,10 +399,22 @@ impl Symbolizer {
     /// Resolves a stack to text, one numbered frame per line, and finds its
     /// culprit: the first frame of application code. Unless `full`, the
     /// stack is cut at the first function of tokio's runtime (inlined or
-    /// not), below the user's code.
-    pub(crate) fn symbolize(&mut self, frames: &[usize], full: bool) -> Option<Symbolized> {
+    /// not), below the user's code. A function that left by a tail call is
+    /// shown as `name (tail call)`, at the place of its jump.
+    pub(crate) fn symbolize(&mut self, sample: &Sample, full: bool) -> Option<Symbolized> {
+        self.symbolize_frames(&sample.frames, &sample.tail_calls, full)
+    }
+
+    /// [`symbolize`](Self::symbolize) of frames alone (`tail_calls`: which
+    /// of them stand for functions that left by a tail call).
+    pub(crate) fn symbolize_frames(
+        &mut self,
+        frames: &[usize],
+        tail_calls: &[usize],
+        full: bool,
+    ) -> Option<Symbolized> {
         let mut lines: Vec<Line> = Vec::new();
-        for (_, line) in self.lines(frames, !full) {
+        for (_, line) in self.lines(frames, tail_calls, !full) {
             lines.push(line);
         }
         if lines.is_empty() {
@@ -382,7 +423,8 @@ impl Symbolizer {
         let culprit = culprit(&lines);
         let mut text = String::new();
         for (i, line) in lines.iter().enumerate() {
-            let _ = writeln!(text, "{i:>4}: {}", line.name);
+            let tail = if line.tail { " (tail call)" } else { "" };
+            let _ = writeln!(text, "{i:>4}: {}{tail}", line.name);
             if let Some(place) = &line.place {
                 let _ = writeln!(text, "             at {place}");
             }
@@ -398,7 +440,7 @@ impl Symbolizer {
             return None;
         }
         Some(
-            self.lines(frames, false)
+            self.lines(frames, &[], false)
                 .into_iter()
                 .map(|(i, l)| (i, l.name))
                 .collect(),
@@ -481,23 +523,34 @@ impl Symbolizer {
     }
 
     /// The functions at each frame, innermost first; with `trim`, up to the
-    /// first function of tokio's runtime (not included).
-    fn lines(&mut self, frames: &[usize], trim: bool) -> Vec<(usize, Line)> {
+    /// first function of tokio's runtime (not included). The frames in
+    /// `tail_calls` stand for functions that left by a tail call (the
+    /// outermost function at each is marked so).
+    fn lines(&mut self, frames: &[usize], tail_calls: &[usize], trim: bool) -> Vec<(usize, Line)> {
         let objects = objects_of(frames);
         let mut out = Vec::new();
         for (i, &addr) in frames.iter().enumerate() {
+            let tail = tail_calls.contains(&i);
+            if tail && addr == super::unwind::UNKNOWN_TAIL_CALLS {
+                out.push((i, Line::unknown_tail_calls()));
+                continue;
+            }
             let addr = addr as u64;
             let resolved = match &objects[i] {
                 Some((object, main)) => self.resolve(object, *main, addr),
                 None => None,
             };
-            let resolved = resolved.unwrap_or_else(|| {
+            let mut resolved = resolved.unwrap_or_else(|| {
                 vec![Line {
                     name: format!("{addr:#x}"),
                     place: None,
                     plumbing: true,
+                    tail: false,
                 }]
             });
+            if let Some(outer) = resolved.last_mut() {
+                outer.tail = tail;
+            }
             for line in resolved {
                 if trim && kind_of_name(&line.name).is_runtime() {
                     return out;
@@ -524,10 +577,11 @@ fn objects_of(frames: &[usize]) -> Vec<Option<(Object, bool)>> {
         .collect()
 }
 
-/// [`Symbolizer::symbolize`] with a symbolizer of its own.
+/// [`Symbolizer::symbolize_frames`] with a symbolizer of its own, for
+/// frames without tail calls.
 #[cfg(test)]
 pub(crate) fn symbolize(frames: &[usize], full: bool) -> Option<Symbolized> {
-    Symbolizer::default().symbolize(frames, full)
+    Symbolizer::default().symbolize_frames(frames, &[], full)
 }
 
 /// The first frame of application code, as `function (file:line)`. A
@@ -566,6 +620,7 @@ mod tests {
             name: name.to_owned(),
             place: (!plumbing).then(|| "src/db.rs:12".to_owned()),
             plumbing,
+            tail: false,
         };
         let lines = [
             line("std::thread::sleep", true),
@@ -645,10 +700,10 @@ mod tests {
     fn names_found_are_kept_when_the_tables_are_dropped() {
         let sample = sleeping_thread_stack();
         let mut symbolizer = Symbolizer::default();
-        let first = symbolizer.symbolize(&sample.frames, false).unwrap();
+        let first = symbolizer.symbolize(&sample, false).unwrap();
         assert!(!symbolizer.resolvers.is_empty(), "the tables were read");
         symbolizer.forget_tables();
-        let again = symbolizer.symbolize(&sample.frames, false).unwrap();
+        let again = symbolizer.symbolize(&sample, false).unwrap();
         assert!(
             symbolizer.resolvers.is_empty(),
             "named again without reading a table: {symbolizer:?}"
@@ -657,7 +712,7 @@ mod tests {
         assert_eq!(again.culprit, first.culprit);
         // An address not seen before reads the tables again.
         let other = [culprit_sleeps_here as *const () as usize + 1];
-        assert!(symbolizer.symbolize(&other, true).is_some());
+        assert!(symbolizer.symbolize_frames(&other, &[], true).is_some());
         assert!(!symbolizer.resolvers.is_empty());
     }
 

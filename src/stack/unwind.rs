@@ -34,13 +34,12 @@
 //!    record.
 //! 2. **By the call.** Otherwise each 16-byte aligned slot above SP holding
 //!    a return address is tried, lowest first, and kept only if the
-//!    instruction before it is a call *to this function*: a direct
-//!    `call rel32` (through a PLT stub, followed) or a `call` through a
-//!    RIP-relative slot (a GOT entry, read) whose target is the start of the
-//!    function being unwound, from its unwind entry. A stale record of an
-//!    earlier call to the same function is the one way this can still be
-//!    fooled, so the first few such candidates are each walked on, and the
-//!    first whose walk reaches the thread's first frame is taken.
+//!    instruction before it is a call that *reaches this function* (below):
+//!    directly, or through functions that left by tail calls. A stale
+//!    record of an earlier call to the same function is the one way this
+//!    can still be fooled, so the first few such candidates are each walked
+//!    on, and the first whose walk reaches the thread's first frame is
+//!    taken.
 //!
 //! When neither verifies a record, the walk stops there and says so
 //! ([`Stop::Unverified`]): the frames before are right, and no frame the
@@ -49,10 +48,61 @@
 //! instruction inside a loaded object, and each frame must lie above the
 //! one before; a walk that ends where the tables say a thread's first frame
 //! is (`clone3`, `_start`: no return address) is complete.
+//!
+//! # Tail calls
+//!
+//! A function whose last act is a call is often compiled into a jump: `fn
+//! load_order() { std::thread::sleep(d) }` is `mov …; jmp *slot(%rip)` in a
+//! release build. Its frame is gone while the callee runs: the callee
+//! returns straight to `load_order`'s caller. So the call before a return
+//! address may name a function other than the one being unwound, and the
+//! frame is still right. For every frame, the walk reads the call before
+//! its return address and asks how it reaches the function being unwound
+//! ([`Reach`]):
+//!
+//! - it calls it: directly, through a PLT stub (a jump through a slot, at
+//!   an address where no unwind entry starts) or a GOT slot (read from the
+//!   process's memory);
+//! - it calls a function that jumps to it: the jumps out of that function
+//!   (`jmp`, a conditional `jcc`, `jmp *slot(%rip)`, decoded over the
+//!   function's extent from its unwind entry) are followed, through PLT
+//!   stubs, up to [`TAIL_DEPTH`] functions deep, until one lands at the
+//!   start of the function being unwound. Each function on the way left by
+//!   a tail call, and is added to the walk as a frame of its own, at the
+//!   address of its jump (its name and `file:line` are the jump's), marked
+//!   as a tail call (see [`Walk::tail_calls`]);
+//! - a jump into a function's `.cold` part (code of the function placed
+//!   elsewhere, whose unwind entry begins inside the function's frame, not
+//!   at a function's entry: CFA = RSP + 8) is a jump within the function,
+//!   not a tail call: no frame is added;
+//! - it calls a function that did not return here and jumps where the walk
+//!   cannot follow (through a register or memory: a function pointer, a
+//!   trait object, a jump table): that function left by a tail call, and
+//!   more may have been left out after it, which the walk cannot name: it
+//!   adds the function and a frame that says so ([`UNKNOWN_TAIL_CALLS`]).
+//!   Such a call verifies a frame record only when the walk on from it
+//!   reaches the thread's first frame, and after every other candidate;
+//! - the call goes through a register or memory the walk cannot read: it
+//!   cannot tell, and adds nothing. A function reached that way whose last
+//!   act is a call (a closure called through `dyn FnOnce`) leaves no trace
+//!   at all.
+//!
+//! A frame the tables describe from SP is right whatever the call before
+//! it says, and is taken; the answer only adds the functions left by tail
+//! calls. A frame record found while RBP is unknown is taken only when the
+//! call reaches the function (by position: unless the call is known to
+//! reach another function only).
+//!
+//! The instructions are decoded with `yaxpeax-x86` ([`super::decode`]).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::ops::Range;
+use std::rc::Rc;
 
 use addr2line::gimli::{self, UnwindSection as _};
+
+use super::decode::{self, CallKind, Exit};
 
 /// The most frames kept of one stack.
 pub(crate) const MAX_FRAMES: usize = 128;
@@ -132,21 +182,113 @@ impl Stop {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Walk {
     /// Addresses to look up, innermost first: the interrupted instruction,
-    /// then each return address minus one (inside the call).
+    /// then each return address minus one (inside the call); for a
+    /// function left by a tail call, the address of its jump, and for
+    /// functions that may have been left through a jump whose target is not
+    /// known, [`UNKNOWN_TAIL_CALLS`].
     pub(crate) frames: Vec<usize>,
     /// The stack pointer in each frame (parallel to `frames`).
     pub(crate) sps: Vec<u64>,
+    /// Which frames stand for functions left by a tail call (indices into
+    /// `frames`, ascending).
+    pub(crate) tail_calls: Vec<usize>,
     /// `None` when the walk reached the thread's first frame; otherwise why
     /// it stopped after the last frame.
     pub(crate) stop: Option<Stop>,
 }
+
+/// The address of the frame that marks where functions may have been left
+/// out by a tail call through a jump whose target is not known.
+pub(crate) const UNKNOWN_TAIL_CALLS: usize = 0;
 
 impl Walk {
     /// Whether the walk reached the thread's first frame.
     pub(crate) fn complete(&self) -> bool {
         self.stop.is_none()
     }
+
+    /// Adds a frame the walk reached through a return address.
+    fn push(&mut self, regs: Regs) {
+        self.frames.push((regs.pc - 1) as usize);
+        self.sps.push(regs.sp);
+    }
+
+    /// Adds the frames of functions left by tail calls between the last
+    /// frame and the next (`reach`'s jumps, outermost first).
+    fn push_tail_calls(&mut self, reach: &Reach, sp: u64) {
+        let (jumps, unknown): (&[u64], bool) = match reach {
+            Reach::TailCalls(jumps) => (jumps, false),
+            Reach::Maybe(jumps) => (jumps, true),
+            _ => return,
+        };
+        if unknown {
+            self.tail_calls.push(self.frames.len());
+            self.frames.push(UNKNOWN_TAIL_CALLS);
+            self.sps.push(sp);
+        }
+        for &jump in jumps.iter().rev() {
+            self.tail_calls.push(self.frames.len());
+            self.frames.push(jump as usize);
+            self.sps.push(sp);
+        }
+    }
 }
+
+/// How the call before a return address reaches the function being
+/// unwound (see the module's doc).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reach {
+    /// It calls it: directly, through a PLT stub or a GOT slot, or it calls
+    /// the function whose part (a `.cold` part) this is.
+    Calls,
+    /// It calls a function that reaches it by tail calls: the jump of each
+    /// function left out, outermost first.
+    TailCalls(Vec<u64>),
+    /// It calls a function that did not return here and jumps where the
+    /// walk cannot follow (a jump through a register or memory): that
+    /// function's jump; more functions may have been left out after it.
+    Maybe(Vec<u64>),
+    /// It calls another function, which does not reach it.
+    Other,
+    /// Cannot tell: the call goes through a register or memory the walk
+    /// cannot read.
+    Unknown,
+}
+
+impl Reach {
+    /// Whether the call is known to reach the function.
+    fn known(&self) -> bool {
+        matches!(self, Reach::Calls | Reach::TailCalls(_))
+    }
+}
+
+/// The function being unwound, as far as telling what reaches it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Func {
+    /// Its code (its unwind entry's addresses).
+    start: u64,
+    end: u64,
+}
+
+/// How many functions deep a chain of tail calls is followed.
+const TAIL_DEPTH: usize = 4;
+
+/// The most functions whose jumps one question about a tail call reads.
+const TAIL_FUNCTIONS: usize = 24;
+
+/// The most bytes of one function decoded for its jumps: a tail call
+/// further in is not seen (the frame is then taken without it, or not
+/// verified).
+const MAX_FUNCTION_BYTES: usize = 64 * 1024;
+
+/// Bytes decoded from a function whose extent is not known (no unwind
+/// entry starts there), up to its first unconditional jump.
+const UNKNOWN_EXTENT_BYTES: usize = 64;
+
+/// The most bytes of code one walk decodes for tail calls; past it, calls
+/// that did not reach the function being unwound are taken as not reaching
+/// it (no frame added, none verified by them).
+const CODE_BUDGET: usize = 1 << 20;
 
 /// How a register's caller value is found, as far as the walk needs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -173,8 +315,8 @@ struct Row {
     bp: Rule,
     /// Callee-saved registers other than RBP saved by this function.
     saved: usize,
-    /// The start of the function (its unwind entry's first address).
-    func_start: u64,
+    /// The function (its unwind entry's addresses).
+    func: Func,
 }
 
 /// The unwind entry (FDE) of the function holding `addr`, with the section
@@ -219,6 +361,15 @@ pub(crate) struct Unwinder<'a> {
     read_code: ReadCode<'a>,
     ctx: Box<gimli::UnwindContext<usize>>,
     steps: usize,
+    /// The jumps out of each function read during this walk.
+    exits: HashMap<u64, Rc<[(u64, Exit)]>>,
+    /// Whether each function start read is a function's entry.
+    entries: HashMap<u64, bool>,
+    /// Bytes of code this walk may still decode for tail calls.
+    budget: usize,
+    /// The calls read before each return address (each is asked twice:
+    /// whether it is one, and what it reaches).
+    calls: RefCell<HashMap<u64, Vec<CallKind>>>,
 }
 
 /// The registers the walk knows in one frame.
@@ -252,138 +403,6 @@ impl Stack<'_> {
     }
 }
 
-/// What the instruction before a return address is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum CallKind {
-    /// `call rel32` to this address.
-    Direct(u64),
-    /// `call *disp32(%rip)`: through the pointer stored at this address.
-    Slot(u64),
-    /// A call through a register or memory the walk cannot read.
-    Indirect,
-}
-
-/// The call instructions that may end just before `ra`, given the 8 bytes
-/// before it (`code[i]` is at `ra - 8 + i`): a `call rel32` (its `E8` byte
-/// 5 bytes back) and a `call *…` (`FF /2`, which also ends at `ra`). Both
-/// can be read from the same bytes: the last bytes of an instruction before
-/// a `call *%rax` can hold an `E8` (`mov 0x27e856(%rip),%rax; call *%rax`),
-/// so neither reading is taken over the other here ([`Unwinder::calls`]
-/// weighs them). Empty when no call ends at `ra`.
-pub(crate) fn calls_before(ra: u64, code: &[u8; 8]) -> Vec<CallKind> {
-    let mut out = Vec::with_capacity(2);
-    if code[3] == 0xe8 {
-        let rel = i32::from_le_bytes([code[4], code[5], code[6], code[7]]);
-        out.push(CallKind::Direct(ra.wrapping_add_signed(i64::from(rel))));
-    }
-    if let Some(kind) = indirect_call_before(ra, code) {
-        out.push(kind);
-    }
-    out
-}
-
-/// The `call *…` (`FF /2`, maybe after a REX prefix) that ends at `ra`.
-fn indirect_call_before(ra: u64, code: &[u8; 8]) -> Option<CallKind> {
-    // Find a start whose operand ends exactly at `ra`.
-    for len in 2..=7usize {
-        let at = 8 - len;
-        let (rex, op) = if (0x40..=0x4f).contains(&code[at]) {
-            (true, at + 1)
-        } else {
-            (false, at)
-        };
-        if op >= 7 || code[op] != 0xff {
-            continue;
-        }
-        let modrm = code[op + 1];
-        if (modrm >> 3) & 7 != 2 {
-            continue;
-        }
-        let (mode, rm) = (modrm >> 6, modrm & 7);
-        let mut end = op + 2;
-        if mode != 3 && rm == 4 {
-            // SIB byte; base 5 with mode 0 means a 32-bit displacement.
-            let Some(&sib) = code.get(end) else { continue };
-            end += 1;
-            if mode == 0 && sib & 7 == 5 {
-                end += 4;
-            }
-        }
-        let rip_relative = mode == 0 && rm == 5;
-        end += match mode {
-            0 if rm == 5 => 4,
-            1 => 1,
-            2 => 4,
-            _ => 0,
-        };
-        if end != 8 {
-            continue;
-        }
-        if rip_relative && !rex {
-            let d = &code[op + 2..op + 6];
-            let disp = i32::from_le_bytes([d[0], d[1], d[2], d[3]]);
-            return Some(CallKind::Slot(ra.wrapping_add_signed(i64::from(disp))));
-        }
-        return Some(CallKind::Indirect);
-    }
-    None
-}
-
-/// The size of a frame-pointer function's frame below its record, from the
-/// instructions right after `mov rbp, rsp` (`code`): registers pushed and
-/// `sub rsp, N`; and how many of the pushes save a callee-saved register
-/// (`rbx`, `r12`..`r15`; a push of another register only reserves 8 bytes,
-/// and the unwind tables do not list it). `None` when the prologue has
-/// another shape.
-pub(crate) fn frame_below_record(code: &[u8]) -> Option<(u64, usize)> {
-    let mut i = 0;
-    let (mut bytes, mut saves) = (0u64, 0usize);
-    loop {
-        match code.get(i..)? {
-            // push r8..r15 (r12..r15 are callee-saved)
-            [0x41, op, ..] if (0x50..=0x57).contains(op) => {
-                bytes += 8;
-                saves += usize::from(*op >= 0x54);
-                i += 2;
-            }
-            // push rax..rdi (not rsp, rbp; rbx is callee-saved)
-            [op, ..] if (0x50..=0x57).contains(op) && *op != 0x54 && *op != 0x55 => {
-                bytes += 8;
-                saves += usize::from(*op == 0x53);
-                i += 1;
-            }
-            // sub rsp, imm8
-            [0x48, 0x83, 0xec, n, ..] => return Some((bytes + u64::from(*n), saves)),
-            // sub rsp, imm32 (below a page: larger frames are probed)
-            [0x48, 0x81, 0xec, a, b, c, d, ..] => {
-                let n = u32::from_le_bytes([*a, *b, *c, *d]);
-                return (n < 4096).then_some((bytes + u64::from(n), saves));
-            }
-            // An instruction that plainly does not move the stack pointer
-            // ends a prologue without locals: a move between registers, a
-            // load into a register from memory, or a call (the first
-            // instruction of the body).
-            [0x40..=0x4f, op @ (0x89 | 0x8b), modrm, ..] | [op @ (0x89 | 0x8b), modrm, ..]
-                if !writes_rsp(*op, *modrm) =>
-            {
-                return Some((bytes, saves));
-            }
-            [0xe8, ..] | [0xff, 0x15, ..] => return Some((bytes, saves)),
-            _ => return None,
-        }
-    }
-}
-
-/// Whether `mov` (`0x89`: to r/m, `0x8b`: to a register) with this ModRM
-/// byte writes the stack pointer (or might: REX.B/REX.R are ignored, so
-/// `r12` counts as `rsp` here, which only makes the decoding more careful).
-fn writes_rsp(op: u8, modrm: u8) -> bool {
-    match op {
-        0x8b => (modrm >> 3) & 7 == 4,
-        _ => modrm >> 6 == 3 && modrm & 7 == 4,
-    }
-}
-
 impl<'a> Unwinder<'a> {
     pub(crate) fn new(objects: &'a [std::sync::Arc<Tables>], read_code: ReadCode<'a>) -> Self {
         Unwinder {
@@ -391,6 +410,10 @@ impl<'a> Unwinder<'a> {
             read_code,
             ctx: Box::new(gimli::UnwindContext::new()),
             steps: 0,
+            exits: HashMap::new(),
+            entries: HashMap::new(),
+            budget: CODE_BUDGET,
+            calls: RefCell::new(HashMap::new()),
         }
     }
 
@@ -405,6 +428,7 @@ impl<'a> Unwinder<'a> {
         stack: &[u8],
     ) -> Walk {
         self.steps = 0;
+        self.budget = CODE_BUDGET;
         let regs = Regs {
             pc: ip,
             sp,
@@ -418,6 +442,7 @@ impl<'a> Unwinder<'a> {
         let mut walk = Walk {
             frames: vec![ip as usize],
             sps: vec![sp],
+            tail_calls: Vec::new(),
             stop: None,
         };
         self.walk_on(regs, stack, &mut walk);
@@ -440,112 +465,206 @@ impl<'a> Unwinder<'a> {
         ((self.read_code)(addr, &mut out) == N).then_some(out)
     }
 
-    /// The calls that may end at `ra` (see [`calls_before`]), when `ra`
-    /// is in loaded code; empty when it is not a return address.
+    /// The pointer stored at `slot` (a GOT entry), when it can be read.
+    fn pointer(&self, slot: u64) -> Option<u64> {
+        self.code::<8>(slot).map(u64::from_le_bytes)
+    }
+
+    /// The calls that may end at `ra` (see [`decode::calls_before`]), when
+    /// `ra` is in loaded code; empty when it is not a return address.
     fn calls_at(&self, ra: u64) -> Vec<CallKind> {
-        let Some(before) = ra.checked_sub(8) else {
+        if let Some(calls) = self.calls.borrow().get(&ra) {
+            return calls.clone();
+        }
+        let calls = self.read_calls_at(ra);
+        self.calls.borrow_mut().insert(ra, calls.clone());
+        calls
+    }
+
+    fn read_calls_at(&self, ra: u64) -> Vec<CallKind> {
+        const N: usize = decode::MAX_CALL_LEN;
+        let Some(before) = ra.checked_sub(N as u64) else {
             return Vec::new();
         };
         if !self.in_code(ra) || !self.in_code(before) {
             return Vec::new();
         }
-        match self.code::<8>(before) {
-            Some(code) => calls_before(ra, &code),
+        match self.code::<N>(before) {
+            Some(code) => decode::calls_before(ra, &code),
             None => Vec::new(),
         }
     }
 
-    /// Where a call lands after a PLT stub or a jump thunk, if it is one.
+    /// Where a call lands after a PLT stub (a jump through a slot), if
+    /// `target` is one. A function of its own (an unwind entry starts
+    /// there) that is only such a jump is not a stub: it tail-calls.
     fn through_stub(&self, target: u64) -> u64 {
-        let Some(code) = self.code::<16>(target) else {
+        if self.starts_function(target) {
             return target;
-        };
-        let mut i = 0;
-        if code[..4] == [0xf3, 0x0f, 0x1e, 0xfa] {
-            i = 4; // endbr64
         }
-        if code[i] == 0xf2 {
-            i += 1; // bnd
-        }
-        if code[i] == 0xff && code[i + 1] == 0x25 {
-            let d = &code[i + 2..i + 6];
-            let disp = i32::from_le_bytes([d[0], d[1], d[2], d[3]]);
-            let slot = (target + i as u64 + 6).wrapping_add_signed(i64::from(disp));
-            if let Some(p) = self.code::<8>(slot) {
-                return u64::from_le_bytes(p);
-            }
-        }
-        target
+        self.code::<16>(target)
+            .and_then(|code| decode::stub_slot(target, &code))
+            .and_then(|slot| self.pointer(slot))
+            .filter(|&to| self.in_code(to))
+            .unwrap_or(target)
     }
 
-    /// Whether the call before `ra` calls the function starting at `start`:
-    /// `Some(true)` yes (directly, through a PLT stub, or through a function
-    /// that ends in a jump to it: a tail call), `Some(false)` it calls
-    /// another, `None` cannot tell. Where the bytes read as two calls
-    /// (see [`calls_before`]), a direct call whose target is in no loaded
-    /// code is no call, and one reading that calls `start` is enough.
-    fn calls(&self, ra: u64, start: u64) -> Option<bool> {
-        let (mut unknown, mut other) = (false, false);
+    /// How the call before `ra` reaches `func` (see [`Reach`]). Where the
+    /// bytes read as two calls (see [`decode::calls_before`]), a direct call
+    /// whose target is in no loaded code is no call, and the reading that
+    /// reaches `func` best is taken.
+    fn reach(&mut self, ra: u64, func: Func) -> Reach {
+        let mut best = Reach::Other;
+        let mut read_any = false;
         for kind in self.calls_at(ra) {
             let target = match kind {
-                CallKind::Direct(t) if self.in_code(t) => t,
+                CallKind::Direct(t) if self.in_code(t) => Some(t),
                 CallKind::Direct(_) => continue,
-                CallKind::Slot(slot) => match self.code::<8>(slot) {
-                    Some(p) => u64::from_le_bytes(p),
-                    None => {
-                        unknown = true;
-                        continue;
-                    }
-                },
-                CallKind::Indirect => {
-                    unknown = true;
-                    continue;
-                }
+                CallKind::Slot(slot) => self.pointer(slot),
+                CallKind::Indirect => None,
             };
-            if target == start {
-                return Some(true);
+            let reach = match target {
+                Some(target) => {
+                    read_any = true;
+                    self.reach_from(target, func)
+                }
+                None => Reach::Unknown,
+            };
+            if rank(&reach) < rank(&best) {
+                best = reach;
             }
-            let target = self.through_stub(target);
-            if target == start || self.jumps_to(target, start) {
-                return Some(true);
-            }
-            other = true;
         }
-        if unknown || !other {
-            None
-        } else {
-            Some(false)
+        if !read_any && best == Reach::Other {
+            // No reading of the bytes is a call to loaded code.
+            return Reach::Unknown;
+        }
+        return best;
+
+        fn rank(reach: &Reach) -> u8 {
+            match reach {
+                Reach::Calls => 0,
+                Reach::TailCalls(_) => 1,
+                Reach::Maybe(_) => 2,
+                Reach::Unknown => 3,
+                Reach::Other => 4,
+            }
         }
     }
 
-    /// Whether the function at `func` jumps to `to` (`jmp rel32` or a
-    /// conditional `jcc rel32`) within its first bytes: a tail call, which
-    /// leaves the caller's return address for `to`'s frame.
-    fn jumps_to(&self, func: u64, to: u64) -> bool {
-        const LOOK: usize = 256;
-        let Some(code) = self.code::<LOOK>(func).or_else(|| {
-            self.code::<64>(func).map(|c| {
-                let mut out = [0xccu8; LOOK];
-                out[..64].copy_from_slice(&c);
-                out
-            })
-        }) else {
-            return false;
+    /// How a call to `target` reaches `func`: it is `func` (through a stub
+    /// or not), or a chain of at most [`TAIL_DEPTH`] functions leaving by
+    /// jumps ends in it. A jump to `func`'s start is a tail call only when
+    /// `func` starts as a function does (its caller's return address on
+    /// top of the stack); a jump into a part that does not (a `.cold`
+    /// part) is a jump within the function that made it.
+    fn reach_from(&mut self, target: u64, func: Func) -> Reach {
+        let target = self.through_stub(target);
+        if target == func.start {
+            return Reach::Calls;
+        }
+        let entry = self.is_entry(func.start);
+        // Breadth first: each function with the jumps of those left on the
+        // way to it, outermost first.
+        let mut frontier: Vec<(u64, Vec<u64>)> = vec![(target, Vec::new())];
+        let mut seen: Vec<u64> = vec![target];
+        let mut unknown: Option<u64> = None;
+        for _ in 0..TAIL_DEPTH {
+            let mut next = Vec::new();
+            for (f, path) in frontier {
+                for &(site, exit) in self.exits_of(f).iter() {
+                    let to = match exit {
+                        Exit::Direct(to) => Some(to),
+                        Exit::Slot(slot) => self.pointer(slot),
+                        Exit::Unknown => None,
+                    };
+                    let Some(to) = to.map(|t| self.through_stub(t)) else {
+                        // The first function of the chain is certain; its
+                        // jump whose target is not known is where more may
+                        // have been left out.
+                        if unknown.is_none() {
+                            unknown = Some(path.first().copied().unwrap_or(site));
+                        }
+                        continue;
+                    };
+                    let mut jumps = path.clone();
+                    if to == func.start && entry {
+                        jumps.push(site);
+                        return Reach::TailCalls(jumps);
+                    }
+                    if (func.start..func.end).contains(&to) && !entry {
+                        // A part of `f`'s own: `f` is this frame.
+                        return if jumps.is_empty() {
+                            Reach::Calls
+                        } else {
+                            Reach::TailCalls(jumps)
+                        };
+                    }
+                    if self.in_code(to) && !seen.contains(&to) && seen.len() < TAIL_FUNCTIONS {
+                        seen.push(to);
+                        jumps.push(site);
+                        next.push((to, jumps));
+                    }
+                }
+            }
+            frontier = next;
+            if frontier.is_empty() {
+                break;
+            }
+        }
+        match unknown {
+            Some(site) => Reach::Maybe(vec![site]),
+            None => Reach::Other,
+        }
+    }
+
+    /// The length of the function starting at `start`, when an unwind
+    /// entry starts there (a PLT stub has none of its own).
+    fn function_len(&self, start: u64) -> Option<u64> {
+        let (_, _, fde) = fde_of(self.tables(start)?, start)?;
+        (fde.initial_address() == start).then(|| fde.len())
+    }
+
+    fn starts_function(&self, addr: u64) -> bool {
+        self.function_len(addr).is_some()
+    }
+
+    /// The jumps out of the function starting at `start` (read once per
+    /// walk): decoded over its unwind entry's extent, or, where no entry
+    /// starts there, up to its first unconditional jump.
+    fn exits_of(&mut self, start: u64) -> Rc<[(u64, Exit)]> {
+        if let Some(exits) = self.exits.get(&start) {
+            return exits.clone();
+        }
+        let extent = self
+            .function_len(start)
+            .map(|len| usize::try_from(len).unwrap_or(usize::MAX));
+        let (len, to_first_exit) = match extent {
+            Some(len) => (len.min(MAX_FUNCTION_BYTES), false),
+            None => (UNKNOWN_EXTENT_BYTES, true),
         };
-        let rel = |at: usize| {
-            i64::from(i32::from_le_bytes([
-                code[at],
-                code[at + 1],
-                code[at + 2],
-                code[at + 3],
-            ]))
-        };
-        (0..LOOK - 6).any(|i| {
-            (code[i] == 0xe9 && (func + i as u64 + 5).wrapping_add_signed(rel(i + 1)) == to)
-                || (code[i] == 0x0f
-                    && code[i + 1] & 0xf0 == 0x80
-                    && (func + i as u64 + 6).wrapping_add_signed(rel(i + 2)) == to)
-        })
+        let len = len.min(self.budget);
+        self.budget -= len;
+        let mut code = vec![0u8; len];
+        let read = (self.read_code)(start, &mut code);
+        code.truncate(read);
+        let exits: Rc<[(u64, Exit)]> = decode::exits(start, &code, to_first_exit).into();
+        self.exits.insert(start, exits.clone());
+        exits
+    }
+
+    /// Whether the code at `start` begins as a function does: the caller's
+    /// return address on top of the stack (CFA = RSP + 8), as after a call
+    /// or a tail call's jump. A `.cold` part begins inside its function's
+    /// frame.
+    fn is_entry(&mut self, start: u64) -> bool {
+        if let Some(&entry) = self.entries.get(&start) {
+            return entry;
+        }
+        let entry = self
+            .row(start)
+            .is_ok_and(|row| !row.cfa_bp && row.cfa_offset == 8 && row.ra == Rule::Offset(-8));
+        self.entries.insert(start, entry);
+        entry
     }
 
     /// The unwind row for `addr`.
@@ -583,7 +702,10 @@ impl<'a> Unwinder<'a> {
             ra: rule(row.register(RA)),
             bp: rule(row.register(RBP)),
             saved,
-            func_start: fde.initial_address(),
+            func: Func {
+                start: fde.initial_address(),
+                end: fde.initial_address().wrapping_add(fde.len()),
+            },
         })
     }
 
@@ -677,8 +799,12 @@ impl<'a> Unwinder<'a> {
             };
             match next {
                 Ok(next) => {
-                    walk.frames.push((next.pc - 1) as usize);
-                    walk.sps.push(next.sp);
+                    // The tables say where the return address is: the frame
+                    // is right. Functions that left by a tail call on the
+                    // way are added.
+                    let reach = self.reach(next.pc, row.func);
+                    walk.push_tail_calls(&reach, next.sp);
+                    walk.push(next);
                     regs = next;
                 }
                 Err(stop) => {
@@ -704,38 +830,44 @@ impl<'a> Unwinder<'a> {
             )
             .ok()
         };
-        // 1. By position, from the prologue. A direct call to another
-        // function before the return address found there means the
-        // prologue was misread: the records are then looked for by call.
+        // 1. By position, from the prologue. A call to another function
+        // that does not reach this one before the return address found
+        // there means the prologue was misread: the records are then
+        // looked for by call.
         if let Some(set) = self.frame_pointer_set_at(lookup) {
-            if let Some((below, pushes)) = self.code::<32>(set).and_then(|c| frame_below_record(&c))
+            if let Some((below, pushes)) = self
+                .code::<32>(set)
+                .and_then(|c| decode::frame_below_record(set, &c))
             {
                 let bp = regs.sp + below;
                 if pushes == row.saved && bp.is_multiple_of(16) {
                     if let Some(next) = take(self, bp) {
-                        if self.calls(next.pc, row.func_start) != Some(false) {
-                            walk.frames.push((next.pc - 1) as usize);
-                            walk.sps.push(next.sp);
+                        let reach = self.reach(next.pc, row.func);
+                        if reach != Reach::Other {
+                            walk.push_tail_calls(&reach, next.sp);
+                            walk.push(next);
                             return self.walk_on(next, stack, walk);
                         }
                     }
                 }
             }
         }
-        // 2. By the call: records whose return address follows a call to
-        // this function; the first whose walk completes.
+        // 2. By the call: records whose return address follows a call that
+        // reaches this function; the first whose walk completes. A call to
+        // a function that left by a jump whose target is not known may
+        // reach it too: such a record is taken only when its walk
+        // completes, and after the others.
         let mut tried: Option<Walk> = None;
+        let mut maybe: Vec<(Regs, Reach)> = Vec::new();
         let mut n = 0;
         let mut bp = (regs.sp + 15) & !15;
         let limit = stack.end().min(regs.sp + SCAN_BYTES);
         while bp + 16 <= limit && n < TRIED {
             if let Some(next) = take(self, bp) {
-                if self.calls(next.pc, row.func_start) == Some(true) {
+                let reach = self.reach(next.pc, row.func);
+                if reach.known() {
                     n += 1;
-                    let mut candidate = walk.clone();
-                    candidate.frames.push((next.pc - 1) as usize);
-                    candidate.sps.push(next.sp);
-                    self.walk_on(next, stack, &mut candidate);
+                    let candidate = self.candidate(walk, next, &reach, stack);
                     if candidate.complete() {
                         *walk = candidate;
                         return;
@@ -743,96 +875,35 @@ impl<'a> Unwinder<'a> {
                     if tried.is_none() {
                         tried = Some(candidate);
                     }
+                } else if matches!(reach, Reach::Maybe(_)) && maybe.len() < TRIED {
+                    maybe.push((next, reach));
                 }
             }
             bp += 16;
+        }
+        for (next, reach) in maybe {
+            let candidate = self.candidate(walk, next, &reach, stack);
+            if candidate.complete() {
+                *walk = candidate;
+                return;
+            }
         }
         match tried {
             Some(first) => *walk = first,
             None => walk.stop = Some(Stop::Unverified),
         }
     }
+
+    /// `walk` with the frame at `next` (reached as `reach` says) and the
+    /// walk on from it.
+    fn candidate(&mut self, walk: &Walk, next: Regs, reach: &Reach, stack: Stack<'_>) -> Walk {
+        let mut candidate = walk.clone();
+        candidate.push_tail_calls(reach, next.sp);
+        candidate.push(next);
+        self.walk_on(next, stack, &mut candidate);
+        candidate
+    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn before(bytes: &[u8]) -> [u8; 8] {
-        let mut code = [0x90u8; 8];
-        code[8 - bytes.len()..].copy_from_slice(bytes);
-        code
-    }
-
-    #[test]
-    fn calls_are_decoded_from_the_bytes_before_a_return_address() {
-        let ra = 0x1000;
-        // call rel32 (+0x20)
-        assert_eq!(
-            calls_before(ra, &before(&[0xe8, 0x20, 0, 0, 0])),
-            [CallKind::Direct(0x1020)]
-        );
-        // call rel32 backwards (-0x100)
-        assert_eq!(
-            calls_before(ra, &before(&[0xe8, 0x00, 0xff, 0xff, 0xff])),
-            [CallKind::Direct(0xf00)]
-        );
-        // call *0x10(%rip)
-        assert_eq!(
-            calls_before(ra, &before(&[0xff, 0x15, 0x10, 0, 0, 0])),
-            [CallKind::Slot(0x1010)]
-        );
-        // call *%rax, call *%r11, call *0x18(%rax), call *0x8(%rsp)
-        for bytes in [
-            &[0xff, 0xd0][..],
-            &[0x41, 0xff, 0xd3],
-            &[0xff, 0x50, 0x18],
-            &[0xff, 0x54, 0x24, 0x08],
-            &[0x41, 0xff, 0x90, 0x00, 0x01, 0x00, 0x00],
-        ] {
-            assert_eq!(
-                calls_before(ra, &before(bytes)),
-                [CallKind::Indirect],
-                "{bytes:x?}"
-            );
-        }
-        // A move, a return, a jump: not calls.
-        for bytes in [
-            &[0x48, 0x89, 0xc7][..],
-            &[0xc3],
-            &[0xff, 0xe0],
-            &[0xe9, 0, 0, 0, 0],
-        ] {
-            assert!(calls_before(ra, &before(bytes)).is_empty(), "{bytes:x?}");
-        }
-        // `mov 0x27e856(%rip),%rax; call *%rax`: the displacement holds an
-        // E8 five bytes back, so the bytes also read as a `call rel32`.
-        // Both readings are given, the real one among them.
-        let code = [0x8b, 0x05, 0x56, 0xe8, 0x27, 0x00, 0xff, 0xd0];
-        let read = calls_before(ra, &code);
-        assert_eq!(read.len(), 2, "{read:?}");
-        assert!(read.contains(&CallKind::Indirect), "{read:?}");
-    }
-
-    #[test]
-    fn frame_pointer_prologues_give_the_frame_below_the_record() {
-        // push r15; push r14; push r12; push rbx; sub rsp, 0x20
-        let code = [
-            0x41, 0x57, 0x41, 0x56, 0x41, 0x54, 0x53, 0x48, 0x83, 0xec, 0x20,
-        ];
-        assert_eq!(frame_below_record(&code), Some((64, 4)));
-        // push rbx; push rax (8 bytes reserved, not a save); mov edi, [rdi]
-        assert_eq!(frame_below_record(&[0x53, 0x50, 0x8b, 0x3f]), Some((16, 1)));
-        // push rbx; sub rsp, 0x128
-        let code = [0x53, 0x48, 0x81, 0xec, 0x28, 0x01, 0, 0];
-        assert_eq!(frame_below_record(&code), Some((8 + 0x128, 1)));
-        // No locals: push rbx; mov rbx, rdi
-        assert_eq!(frame_below_record(&[0x53, 0x48, 0x89, 0xfb]), Some((8, 1)));
-        // A realigned or probed frame: unknown.
-        assert_eq!(frame_below_record(&[0x48, 0x83, 0xe4, 0xe0]), None);
-        assert_eq!(
-            frame_below_record(&[0x48, 0x81, 0xec, 0x00, 0x20, 0, 0]),
-            None
-        );
-    }
-}
+mod tests;

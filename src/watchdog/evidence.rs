@@ -181,7 +181,7 @@ impl EvidenceCollector {
         report.stack_method = Some(sample.method.name());
         let read = began.elapsed();
         let symbolizer = &mut self.symbolizer;
-        if let Some(symbolized) = symbolizer.symbolize(&sample.frames, self.full_stacks) {
+        if let Some(symbolized) = symbolizer.symbolize(&sample, self.full_stacks) {
             report.backtrace = Some(match sample.stopped {
                 None => symbolized.text,
                 Some(why) => format!(

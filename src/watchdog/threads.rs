@@ -138,6 +138,10 @@ impl std::fmt::Display for NotFound {
     }
 }
 
+/// The rank of a known worker on a CPU that could not be sampled: the
+/// last.
+const UNSAMPLED: u8 = 6;
+
 /// One candidate's first look.
 #[derive(Debug)]
 struct Seen {
@@ -145,9 +149,8 @@ struct Seen {
     name: Option<String>,
     /// The runtime whose worker it is known to be (`None`: not known).
     known: Option<tokio::runtime::Id>,
-    /// The stack from the task harness frame outwards (`None`: on a CPU,
-    /// not read).
-    outer: Option<Outer>,
+    /// What its stack says (`None`: on a CPU, not read).
+    part: Option<Part>,
     /// Voluntary context switches at the first look.
     switches: Option<u64>,
     /// Whether it was on a CPU, sampled by the kernel, at the first look.
@@ -159,15 +162,32 @@ struct Seen {
 /// A stack from one frame outwards: return addresses and stack pointers.
 type Outer = (Vec<usize>, Vec<u64>);
 
-/// The part of a worker's stack from its task harness frame outwards, when
-/// it is a worker inside a task's poll.
-fn polling_part(symbolizer: &mut Symbolizer, sample: &Sample) -> Result<Option<Outer>, NotFound> {
+/// What a thread's stack says about it being stuck in a task's poll.
+#[derive(Debug, PartialEq, Eq)]
+enum Part {
+    /// A worker inside a task's poll: the stack from the task harness frame
+    /// outwards.
+    Polling(Outer),
+    /// A walk that stopped before it reached tokio's frames (code without
+    /// unwind tables, a frame it could not verify), with no park code in
+    /// what it walked: a worker stuck there, if it is one, in a poll. The
+    /// whole walk.
+    Partial(Outer),
+}
+
+/// The part of a thread's stack that says it is stuck in a task's poll, or
+/// may be (see [`Part`]); `None` when it says otherwise (parked, another
+/// kind of thread).
+fn polling_part(symbolizer: &mut Symbolizer, sample: &Sample) -> Result<Option<Part>, NotFound> {
     let role = stack::role(symbolizer, &sample.frames).ok_or(NotFound::Because(
         "the executable has no symbol table to tell tokio's frames by",
     ))?;
-    Ok(role
-        .polling
-        .map(|at| (sample.frames[at..].to_vec(), sample.sps[at..].to_vec())))
+    if let Some(at) = role.polling {
+        let outer = (sample.frames[at..].to_vec(), sample.sps[at..].to_vec());
+        return Ok(Some(Part::Polling(outer)));
+    }
+    let stopped_early = !sample.complete && !role.worker && !role.current_thread && !role.parked;
+    Ok(stopped_early.then(|| Part::Partial((sample.frames.clone(), sample.sps.clone()))))
 }
 
 /// What a search found for one stall: the thread, its name, its stack.
@@ -193,8 +213,13 @@ pub(crate) type Found = Result<(i64, Option<String>, Option<Sample>), NotFound>;
 /// A thread on a CPU (known to be the runtime's, or named as its workers
 /// are; the first [`MAX_ON_CPU_SAMPLES`]) is sampled by the kernel, twice,
 /// and is a candidate when both samples are inside the same task poll; it
-/// ranks after the waiting ones. A known worker on a CPU that could not be
-/// sampled ranks last, and is taken only when no thread was unreadable.
+/// ranks after the waiting ones. A thread that may be a worker whose walk
+/// stopped before tokio's frames (code without unwind tables, a frame it
+/// could not verify) and shows no park code is a candidate when both walks
+/// are the same, ranked after every thread whose walk shows it in a poll:
+/// the stuck worker is not hidden by a partial walk, and the report has
+/// what was walked. A known worker on a CPU that could not be sampled ranks
+/// last, and is taken only when no thread was unreadable.
 ///
 /// Threads known to be a runtime's workers are that runtime's; a thread not
 /// known to loopwatch is given to a stall only when it is the one such
@@ -261,11 +286,11 @@ pub(crate) fn find_stuck_workers(
     for (tid, name, known, completed) in known.into_iter().chain(unknown) {
         let switches = stack::voluntary_switches(tid);
         let worker_named = name.as_ref().is_some_and(|n| worker_names.contains(n));
-        let seen = |outer, on_cpu| Seen {
+        let seen = |part, on_cpu| Seen {
             tid,
             name,
             known,
-            outer,
+            part,
             switches,
             on_cpu,
             completed,
@@ -291,8 +316,13 @@ pub(crate) fn find_stuck_workers(
         }
         match sample {
             Ok(sample) => match polling_part(symbolizer, &sample) {
-                Ok(Some(outer)) => first.push(seen(Some(outer), on_cpu)),
-                Ok(None) => {}
+                Ok(Some(part @ Part::Polling(_))) => first.push(seen(Some(part), on_cpu)),
+                // A walk that stopped early is looked at again only for a
+                // thread that may be one of these runtimes' workers.
+                Ok(Some(part @ Part::Partial(_))) if known.is_some() || worker_named => {
+                    first.push(seen(Some(part), on_cpu));
+                }
+                Ok(_) => {}
                 Err(why) => unreadable.push((None, why)),
             },
             Err(NoStack::OnCpu) if known.is_some() => first.push(seen(None, true)),
@@ -330,8 +360,8 @@ pub(crate) fn find_stuck_workers(
             }
             let quiet =
                 seen.switches.is_some() && stack::voluntary_switches(seen.tid) == seen.switches;
-            match &seen.outer {
-                Some(outer) => {
+            match &seen.part {
+                Some(part) => {
                     let again = match sample_waiting(seen.tid, &mut patience) {
                         Err(NoStack::OnCpu) if seen.on_cpu => stack::sample(seen.tid, true),
                         other => other,
@@ -339,20 +369,25 @@ pub(crate) fn find_stuck_workers(
                     let Ok(again) = again else {
                         continue;
                     };
-                    if polling_part(symbolizer, &again).ok().flatten().as_ref() == Some(outer) {
+                    if polling_part(symbolizer, &again).ok().flatten().as_ref() == Some(part) {
                         // 0: waiting in one call; 1: gave up its CPU
-                        // meanwhile; 2: on a CPU inside the same poll.
+                        // meanwhile; 2: on a CPU inside the same poll; the
+                        // same after a walk that stopped early (3 to 5).
                         let rank = match (seen.on_cpu, quiet) {
                             (true, _) => 2,
                             (false, true) => 0,
                             (false, false) => 1,
+                        } + if matches!(part, Part::Partial(_)) {
+                            3
+                        } else {
+                            0
                         };
                         stuck.push((rank, seen, Some(again)));
                     }
                 }
                 None => {
                     if quiet && stack::on_cpu(seen.tid) == Some(true) {
-                        stuck.push((3, seen, None));
+                        stuck.push((UNSAMPLED, seen, None));
                     }
                 }
             }
@@ -399,9 +434,9 @@ fn pick(
         .filter(|&i| stuck[i].0 == best && mine(&stuck[i].1))
         .collect();
     let chosen = match of_rank.iter().find(|&&i| stuck[i].1.known == Some(id)) {
-        Some(&i) if best < 3 || unreadable.is_none() => i,
+        Some(&i) if best < UNSAMPLED || unreadable.is_none() => i,
         Some(_) => return Err(not_found(unreadable)),
-        None if of_rank.len() == 1 && best < 3 => of_rank[0],
+        None if of_rank.len() == 1 && best < UNSAMPLED => of_rank[0],
         None if of_rank.is_empty() => return Err(not_found(unreadable)),
         None => {
             return Err(NotFound::Because(
