@@ -62,6 +62,28 @@ pub(crate) struct Case {
     pub(crate) stalls: bool,
     /// The kinds of runtime it runs on (`None`: every kind).
     pub(crate) kinds: Option<&'static [&'static str]>,
+    /// The application's functions that may stand in its stack as
+    /// tail-call frames (an optimized build turns their last call into a
+    /// jump); each must stand in the stack, as a tail call or a frame of
+    /// its own. None is a tail call in a debug build.
+    pub(crate) tail: &'static [&'static str],
+    /// The standard library's and libc's functions that may stand in its
+    /// stack as tail-call frames, by the start of their names: each is
+    /// known to end in a jump to the function shown inside it (read from
+    /// their code).
+    pub(crate) plumbing_tail: &'static [&'static str],
+    /// The culprit in a build without debug info, where it is not the
+    /// function the thread's own unwinder names first (C code whose line
+    /// tables are gone with the rest).
+    pub(crate) culprit_without_debuginfo: Option<&'static str>,
+    /// The culprit in an optimized build, where a tail call through a jump
+    /// that names no target hides the function that blocks (see
+    /// `boxed_fn_once_tail`).
+    pub(crate) culprit_when_optimized: Option<&'static str>,
+    /// Whether its stack is partial: it blocks in code no unwind table
+    /// describes, so the walk stops at the culprit, and the report must
+    /// still find the thread and carry what was walked.
+    pub(crate) partial: bool,
 }
 
 /// Where a case spends its time while it blocks.
@@ -83,9 +105,16 @@ macro_rules! sync_case {
     };
 }
 
+/// `Condvar::wait_timeout` ends in a jump to `wait_optional_timeout`.
+const CONDVAR_TAIL: &[&str] = &["<std::sys::sync::condvar::futex::Condvar>::wait_timeout"];
+
+/// glibc's `waitpid` jumps to `wait4`.
+const WAITPID_TAIL: &[&str] = &["__waitpid", "waitpid"];
+
 /// Every case.
 pub(crate) fn all() -> Vec<Case> {
     const P: &str = "loopwatch_evidence_matrix::cases::";
+    const S: &str = "loopwatch_evidence_matrix::shapes::";
     let c = |name, expected, culprit: &'static str, run| Case {
         name,
         expected,
@@ -98,18 +127,46 @@ pub(crate) fn all() -> Vec<Case> {
         shape: Shape::Waits,
         stalls: true,
         kinds: None,
+        tail: &[],
+        plumbing_tail: &[],
+        culprit_without_debuginfo: None,
+        culprit_when_optimized: None,
+        partial: false,
     };
     let shaped = |case: Case, shape| Case { shape, ..case };
-    vec![
+    // The shapes around a blocking call (`shapes`): the culprit and the
+    // functions that may be tail-call frames, by their name in that module.
+    let t = |name, expected, culprit: &str, tail: &[&str], run| Case {
+        culprit: Box::leak(format!("{S}{culprit}").into_boxed_str()),
+        tail: Box::leak(
+            tail.iter()
+                .map(|f| &*Box::leak(format!("{S}{f}").into_boxed_str()))
+                .collect::<Vec<&'static str>>()
+                .into_boxed_slice(),
+        ),
+        ..c(name, expected, "", run)
+    };
+    let mut all = vec![
         c("sleep", "slept", "sleeps", sync_case!(sleeps)),
         c("mutex_first", "locked 1", "locks_held::{{closure}}", sync_case!(locks_first)),
         c("mutex_later", "locked 2", "locks_held::{{closure}}", sync_case!(locks_later)),
-        c("condvar", "timed out", "waits_on_condvar", sync_case!(waits_on_condvar)),
+        Case {
+            // `Condvar::wait_timeout` ends in a jump to `wait_optional_timeout`.
+            plumbing_tail: CONDVAR_TAIL,
+            ..c("condvar", "timed out", "waits_on_condvar", sync_case!(waits_on_condvar))
+        },
         c("rwlock", "wrote 1", "writes_rwlock", sync_case!(writes_rwlock)),
         c("fifo", "read 1", "reads_fifo", sync_case!(reads_fifo)),
         c("tcp", "read 1", "reads_tcp", sync_case!(reads_tcp)),
-        c("child", "exit 0", "waits_for_child", sync_case!(waits_for_child)),
-        c("c_callback", "sorted", "compares", sync_case!(sorts)),
+        Case {
+            plumbing_tail: WAITPID_TAIL,
+            ..c("child", "exit 0", "waits_for_child", sync_case!(waits_for_child))
+        },
+        Case {
+            // `qsort` jumps to `qsort_r`.
+            plumbing_tail: &["qsort"],
+            ..c("c_callback", "sorted", "compares", sync_case!(sorts))
+        },
         c(
             "dyn_trait",
             "slept",
@@ -156,7 +213,235 @@ pub(crate) fn all() -> Vec<Case> {
                 Shape::InKernel,
             )
         },
-    ]
+    ];
+    use crate::shapes as s;
+    all.extend([
+        t(
+            "tail_sleep",
+            "slept",
+            "load_order",
+            &["load_order"],
+            sync_case!(s::tail_sleep),
+        ),
+        t(
+            "tail_read_to_string",
+            "read x",
+            "read_config",
+            &["read_config"],
+            sync_case!(s::tail_read_to_string),
+        ),
+        t(
+            "tail_file_open",
+            "opened",
+            "open_fifo",
+            &["open_fifo"],
+            sync_case!(s::tail_file_open),
+        ),
+        t(
+            "tail_usleep",
+            "returned 0",
+            "naps",
+            &["naps"],
+            sync_case!(s::tail_usleep),
+        ),
+        t(
+            "tail_app",
+            "slept",
+            "fetch_rows",
+            &["handle_request"],
+            sync_case!(s::tail_app),
+        ),
+        t(
+            "tail_chain",
+            "slept",
+            "route",
+            &["route", "serve"],
+            sync_case!(s::tail_chain),
+        ),
+        t(
+            "mutex_last",
+            "locked 1",
+            "take_lock",
+            &["take_lock"],
+            sync_case!(s::mutex_last),
+        ),
+        Case {
+            plumbing_tail: CONDVAR_TAIL,
+            ..t(
+                "condvar_last",
+                "timed out",
+                "wait_ready",
+                &["wait_ready"],
+                sync_case!(s::condvar_last),
+            )
+        },
+        t(
+            "generic_wrapper",
+            "slept",
+            "pause_for",
+            &["pause_for"],
+            sync_case!(s::generic_wrapper),
+        ),
+        t(
+            "option_map",
+            "slept",
+            "maybe_wait",
+            &["maybe_wait"],
+            sync_case!(s::option_map),
+        ),
+        t(
+            "boxed_fn_once",
+            "slept",
+            "boxed_job::{{closure}}",
+            &[],
+            sync_case!(s::boxed_job),
+        ),
+        // The closure's last act is the call, and the call that reached it
+        // went through the box's vtable, which names no target: in an
+        // optimized build its frame is gone without a trace, and the
+        // culprit is the function that called it (the limit the README
+        // states).
+        Case {
+            culprit_when_optimized: Some("loopwatch_evidence_matrix::shapes::run_job"),
+            ..t(
+                "boxed_fn_once_tail",
+                "slept",
+                "boxed_job_tail::{{closure}}",
+                &[],
+                sync_case!(s::boxed_job_tail),
+            )
+        },
+        t(
+            "cold_fn",
+            "slept",
+            "recover_slowly",
+            &["recover_slowly"],
+            sync_case!(s::cold_fn),
+        ),
+        t(
+            "catch_unwind",
+            "slept",
+            "guarded",
+            &["guarded::{{closure}}"],
+            sync_case!(s::catch_unwind),
+        ),
+        t(
+            "async_last_await",
+            "slept",
+            "lookup::{{closure}}",
+            &[],
+            || Box::pin(s::async_last_await()),
+        ),
+        t(
+            "dyn_fn",
+            "slept",
+            "dyn_fn::{{closure}}",
+            &["apply"],
+            sync_case!(s::dyn_fn),
+        ),
+        t(
+            "fn_pointer",
+            "slept",
+            "sleeping_handler",
+            &["dispatch"],
+            sync_case!(s::fn_pointer),
+        ),
+        t(
+            "repo_method",
+            "read 1",
+            "Repo::fetch",
+            &["Repo::fetch"],
+            sync_case!(s::repo_method),
+        ),
+        t(
+            "pipe_read",
+            "read 1",
+            "read_pipe",
+            &["read_pipe"],
+            sync_case!(s::pipe_read),
+        ),
+        t(
+            "poll_last",
+            "returned 0",
+            "wait_readable",
+            &["wait_readable"],
+            sync_case!(s::poll_last),
+        ),
+        t(
+            "recv_last",
+            "got 7",
+            "next_message",
+            &["next_message"],
+            sync_case!(s::recv_last),
+        ),
+        Case {
+            // `pthread_join` jumps to `__pthread_clockjoin_ex`, and glibc's
+            // futex wait to its common part (a local function, unnamed).
+            plumbing_tail: &["pthread_join", "libc.so.6+0x"],
+            ..t(
+                "join_last",
+                "joined 7",
+                "wait_worker",
+                &["wait_worker"],
+                sync_case!(s::join_last),
+            )
+        },
+        t(
+            "barrier_last",
+            "met",
+            "meet",
+            &["meet"],
+            sync_case!(s::barrier_last),
+        ),
+        t(
+            "rwlock_read_last",
+            "read 1",
+            "read_shared",
+            &["read_shared"],
+            sync_case!(s::rwlock_read_last),
+        ),
+        t(
+            "park_last",
+            "parked",
+            "idle_until_woken",
+            &["idle_until_woken"],
+            sync_case!(s::park_last),
+        ),
+        Case {
+            plumbing_tail: WAITPID_TAIL,
+            ..t(
+                "child_wait_last",
+                "exit 0",
+                "reap",
+                &["reap"],
+                sync_case!(s::child_wait_last),
+            )
+        },
+        Case {
+            culprit: "release",
+            culprit_without_debuginfo: Some("run_holding.cold"),
+            plumbing_tail: &[],
+            ..t(
+                "c_cold_part",
+                "unwound true, released true",
+                "",
+                &[],
+                sync_case!(s::unwinds_through_c),
+            )
+        },
+        Case {
+            culprit: "loopwatch_matrix_sleeps_without_unwind_info",
+            partial: true,
+            ..t(
+                "no_unwind_info",
+                "returned 0",
+                "",
+                &[],
+                sync_case!(s::no_unwind_info),
+            )
+        },
+    ]);
+    all
 }
 
 /// The cases a look at a thread on a CPU could disturb.
@@ -308,7 +593,7 @@ fn sleeps() -> String {
 }
 
 /// Locks `lock` while another thread holds it for `hold`.
-fn contend(
+pub(crate) fn contend(
     lock: &Arc<Mutex<u32>>,
     hold: Duration,
     mut locked: impl FnMut(&Arc<Mutex<u32>>) -> u32,
@@ -358,14 +643,17 @@ fn waits_on_condvar() -> String {
     let guard = pair.0.lock().unwrap();
     truth();
     let (_guard, timeout) = pair.1.wait_timeout(guard, block()).unwrap();
-    black_box(
-        if timeout.timed_out() {
-            "timed out"
-        } else {
-            "woken"
-        }
-        .to_owned(),
-    )
+    black_box(waited(timeout))
+}
+
+/// What a wait on a condition variable ended with.
+pub(crate) fn waited(timeout: std::sync::WaitTimeoutResult) -> String {
+    if timeout.timed_out() {
+        "timed out"
+    } else {
+        "woken"
+    }
+    .to_owned()
 }
 
 #[inline(never)]
@@ -391,8 +679,8 @@ fn writes_rwlock() -> String {
     black_box(format!("wrote {value}"))
 }
 
-#[inline(never)]
-fn reads_fifo() -> String {
+/// A new FIFO in the temporary directory, named for this process.
+pub(crate) fn make_fifo() -> std::path::PathBuf {
     let path = std::env::temp_dir().join(format!(
         "loopwatch-matrix-fifo-{}-{}",
         std::process::id(),
@@ -401,6 +689,12 @@ fn reads_fifo() -> String {
     let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
     // SAFETY: a NUL-terminated path.
     assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    path
+}
+
+#[inline(never)]
+fn reads_fifo() -> String {
+    let path = make_fifo();
     let writer = {
         let path = path.clone();
         std::thread::spawn(move || {

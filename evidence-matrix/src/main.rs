@@ -1,5 +1,6 @@
 //! loopwatch's stall evidence, checked on every way a worker blocks
-//! ([`cases`]) and every kind of runtime, in the profile this binary was
+//! ([`cases`], and the shapes real code takes around a blocking call:
+//! [`shapes`]) and every kind of runtime, in the profile this binary was
 //! built with: a child process per case and kind, each with its own
 //! watchdog (threshold 1 s by default), blocks a worker for 3 s from the
 //! start (no warm-up), and prints its first stall report. Each report must:
@@ -10,12 +11,19 @@
 //! - show no frame the thread is not in: from the culprit outwards, the
 //!   frames are those the standard library's own unwinder saw just before
 //!   the call blocked, in the same order, and no tokio or mio frame sits
-//!   inside the blocking call;
+//!   inside the blocking call; functions that left by a tail call (a jump,
+//!   in optimized builds) stand in it marked `(tail call)`, each of the
+//!   case's wrappers is there, and no other function is so marked but the
+//!   standard library's and libc's known ones;
 //! - name the `tracing` span the case runs in (`loopwatch::spans::layer()`);
 //! - for a current-thread runtime, be a confirmed stall.
 //!
-//! With `--stripped` (a binary without its symbol table and debug info)
-//! names are checked to be absent or right, never wrong, and the stall must
+//! Without debug info (cargo's default release profile, `debug = 0`) the
+//! culprit is the function the blocking one was inlined into: the first
+//! application frame the thread's own unwinder names. Code without unwind
+//! tables gives a partial stack, whose thread must still be found. With
+//! `--stripped` (a binary without its symbol table and debug info) names
+//! are checked to be absent or right, never wrong, and the stall must
 //! still be reported.
 //!
 //! ```text
@@ -23,6 +31,7 @@
 //! ```
 
 mod cases;
+mod shapes;
 
 use std::collections::BTreeMap;
 use std::process::{Command, ExitCode, Stdio};
@@ -192,6 +201,11 @@ struct Settings {
     jobs: usize,
     label: String,
     stripped: bool,
+    /// Whether this binary has debug info (line tables): without it
+    /// (cargo's default release profile, `debug = 0`), inlined functions
+    /// have no names, and a culprit is the function its code was inlined
+    /// into.
+    debuginfo: bool,
     only: Option<Vec<String>>,
     kinds: Vec<String>,
     /// Which cases: the ways of blocking (`evidence`), the calls a look at a
@@ -215,6 +229,7 @@ fn settings(args: &[String]) -> Result<Settings, String> {
         }
         .to_owned(),
         stripped: false,
+        debuginfo: has_debuginfo(),
         only: None,
         kinds: KINDS.iter().map(|k| (*k).to_owned()).collect(),
         set: "evidence".to_owned(),
@@ -259,6 +274,18 @@ fn settings(args: &[String]) -> Result<Settings, String> {
     Ok(s)
 }
 
+/// Whether this executable has line tables.
+fn has_debuginfo() -> bool {
+    use object::{Object as _, ObjectSection as _};
+    let Ok(bytes) = std::fs::read("/proc/self/exe") else {
+        return false;
+    };
+    object::File::parse(&*bytes)
+        .ok()
+        .and_then(|f| f.section_by_name(".debug_line").map(|s| s.size() > 0))
+        .unwrap_or(false)
+}
+
 fn parent(args: &[String]) -> Result<bool, String> {
     let s = settings(args)?;
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -277,11 +304,12 @@ fn parent(args: &[String]) -> Result<bool, String> {
         })
         .collect();
     println!(
-        "evidence matrix ({}{}{}), {} profile: {} cases x {} kinds, {} runs each, {} CPU hogs beside; threshold {} ms, each call blocks {} ms",
+        "evidence matrix ({}{}{}), {} profile{}: {} cases x {} kinds, {} runs each, {} CPU hogs beside; threshold {} ms, each call blocks {} ms",
         s.set,
         if s.deny_perf { ", perf_event_open denied" } else { "" },
         if s.deny_vm_readv { ", process_vm_readv denied" } else { "" },
         s.label,
+        if s.debuginfo { "" } else { " (no debug info)" },
         cases.len(),
         s.kinds.len(),
         s.runs,
@@ -386,8 +414,8 @@ fn parent(args: &[String]) -> Result<bool, String> {
     // Checked once all are in: the callers are known by then.
     for (case, kind, output) in outputs {
         let key = (case.name, kind.clone());
-        let verdict =
-            output.and_then(|json| check(case, &json, truths.get(&key).map(Vec::as_slice), &s));
+        let verdict = output
+            .and_then(|json| check(case, kind, &json, truths.get(&key).map(Vec::as_slice), &s));
         let entry = results.entry(key).or_default();
         entry.1 += 1;
         match verdict {
@@ -451,14 +479,25 @@ fn print_table(
     }
 }
 
-/// The function names of a stack's text, innermost first.
-fn frame_names(backtrace: &str) -> Vec<&str> {
+/// A frame of a stack's text: its function's name, and whether it stands
+/// for a function that left by a tail call (`name (tail call)`).
+struct Frame<'a> {
+    name: &'a str,
+    tail: bool,
+}
+
+/// The frames of a stack's text, innermost first.
+fn frame_names(backtrace: &str) -> Vec<Frame<'_>> {
     backtrace
         .lines()
         .filter_map(|l| {
             let (n, name) = l.trim_start().split_once(": ")?;
             n.parse::<usize>().ok()?;
-            Some(name.trim())
+            let name = name.trim();
+            Some(match name.strip_suffix(" (tail call)") {
+                Some(name) => Frame { name, tail: true },
+                None => Frame { name, tail: false },
+            })
         })
         .collect()
 }
@@ -473,6 +512,7 @@ fn is_path(name: &str) -> bool {
 /// Checks one child's output.
 fn check(
     case: &cases::Case,
+    kind: &str,
     out: &serde_json::Value,
     truth: Option<&[String]>,
     settings: &Settings,
@@ -511,6 +551,20 @@ fn check(
     let backtrace = report["backtrace"].as_str();
     let culprit = report["culprit"].as_str();
     let missing = report["stack_missing"].as_str();
+    if case.partial && kind == "current" {
+        // A current-thread runtime that has not run since it was watched
+        // (the case blocks at once) has no known driver, and a thread whose
+        // walk stops early cannot be told to drive it (an undriven runtime
+        // looks the same): the stall is reported unconfirmed, saying so,
+        // and nobody is blamed.
+        let why = report["unconfirmed"].as_str().unwrap_or_default();
+        if !why.contains("stopped before it could be told") || culprit.is_some() {
+            return Err(format!(
+                "expected an unconfirmed stall saying the walk stopped: {report}"
+            ));
+        }
+        return Ok(());
+    }
     // A thread on a CPU has a stack only from the kernel's sample: none
     // where perf_event_open is refused, and none when the samples never land
     // in its own code (a long system call); then the report says why.
@@ -606,20 +660,66 @@ fn check(
                 .unwrap_or("no reason given")
         ));
     };
+    if case.partial {
+        // The walk stops in the code without unwind tables: the thread is
+        // found all the same, and the report has what was walked and says
+        // where it stopped.
+        if report["stack_complete"] != serde_json::Value::Bool(false)
+            || !backtrace.contains("(partial: the walk stopped here")
+        {
+            return Err(format!("not reported as a partial stack:\n{backtrace}"));
+        }
+        if culprit.map(|c| c.split(" (").next().unwrap_or(c)) != Some(case.culprit) {
+            return Err(format!(
+                "culprit {culprit:?}, expected {}\n{backtrace}",
+                case.culprit
+            ));
+        }
+        return Ok(());
+    }
     if report["stack_complete"] != serde_json::Value::Bool(true) {
         return Err(format!("a partial stack:\n{backtrace}"));
-    }
-    if !culprit.is_some_and(|c| c.starts_with(&format!("{} (", case.culprit))) {
-        return Err(format!(
-            "culprit {culprit:?}, expected {}\n{backtrace}",
-            case.culprit
-        ));
     }
     let spans = &report["spans"];
     if spans != &serde_json::json!(["case{id=7}"]) {
         return Err(format!("spans {spans}, expected [\"case{{id=7}}\"]"));
     }
-    let names = frame_names(backtrace);
+    let Some(truth) = truth else {
+        return Err(
+            "the callers of the blocking function are not known (the first run failed)".to_owned(),
+        );
+    };
+    let truth: Vec<&str> = truth
+        .iter()
+        .map(String::as_str)
+        .filter(|n| is_path(n))
+        .collect();
+    // The culprit is the function that blocks; without debug info, the
+    // function it was inlined into, which is where the thread's own
+    // unwinder saw the call that notes the truth.
+    let culprit_name = culprit.map(|c| c.split(" (").next().unwrap_or(c));
+    let optimized = !cfg!(debug_assertions);
+    let want = match (settings.debuginfo, case.culprit_without_debuginfo) {
+        (true, _) if optimized && case.culprit_when_optimized.is_some() => {
+            case.culprit_when_optimized.unwrap_or(case.culprit)
+        }
+        (true, _) => case.culprit,
+        (false, Some(culprit)) => culprit,
+        // The application's first frame: a closure inlined into the
+        // standard library's shim that calls it is named as the shim.
+        (false, None) => truth
+            .iter()
+            .copied()
+            .find(|n| n.contains(CRATE))
+            .unwrap_or(case.culprit),
+    };
+    if culprit_name != Some(want)
+        || (settings.debuginfo && !culprit.is_some_and(|c| c.contains(" (")))
+    {
+        return Err(format!("culprit {culprit:?}, expected {want}\n{backtrace}"));
+    }
+    let frames = frame_names(backtrace);
+    let names: Vec<&str> = frames.iter().map(|f| f.name).collect();
     let Some(app) = names.iter().position(|n| n.contains(CRATE)) else {
         return Err(format!("no application frame in the stack:\n{backtrace}"));
     };
@@ -632,22 +732,39 @@ fn check(
             "frame {bad:?} inside the blocking call:\n{backtrace}"
         ));
     }
-    // From the first application frame outwards: what the thread's own
-    // unwinder saw.
-    let Some(truth) = truth else {
-        return Err(
-            "the callers of the blocking function are not known (the first run failed)".to_owned(),
-        );
+    // Tail-call frames: only the case's wrappers (none in a debug build,
+    // where nothing of the application is turned into a jump) and the
+    // standard library's and libc's known ones (built optimized in every
+    // profile); each of the case's wrappers stands in the stack, as a tail
+    // call or as a frame of its own.
+    let tails: Vec<&str> = frames.iter().filter(|f| f.tail).map(|f| f.name).collect();
+    let allowed = |t: &str| {
+        (optimized && case.tail.contains(&t)) || case.plumbing_tail.iter().any(|p| t.starts_with(p))
     };
-    let truth: Vec<&str> = truth
-        .iter()
-        .map(String::as_str)
-        .filter(|n| is_path(n))
-        .collect();
+    if let Some(bad) = tails.iter().find(|t| !allowed(t)) {
+        return Err(format!(
+            "{bad:?} shown as a tail call; the case's wrappers are {:?}\n{backtrace}",
+            case.tail
+        ));
+    }
+    if settings.debuginfo {
+        if let Some(missing) = case.tail.iter().find(|t| !names.contains(t)) {
+            return Err(format!("{missing:?} is not in the stack:\n{backtrace}"));
+        }
+    }
+    // From the first application frame outwards: what the thread's own
+    // unwinder saw. A tail call's frame was gone before the truth was noted
+    // (or after): each list is compared without the wrappers the other
+    // lacks.
     let ours: Vec<&str> = names[app..]
         .iter()
         .copied()
         .filter(|n| is_path(n))
+        .filter(|n| !tails.contains(n) || truth.contains(n))
+        .collect();
+    let truth: Vec<&str> = truth
+        .into_iter()
+        .filter(|n| !case.tail.contains(n) || ours.contains(n))
         .collect();
     let Some(start) = truth.iter().position(|t| *t == ours[0]) else {
         return Err(format!(
