@@ -256,7 +256,9 @@ pub(crate) fn boxed_job_tail() -> String {
 #[inline(never)]
 pub(crate) fn recover_slowly() {
     truth();
-    std::thread::sleep(block())
+    // Not the same code as another wrapper's: functions with the same
+    // code are merged by the compiler, and named after one of them.
+    std::thread::sleep(block() + Duration::from_millis(2))
 }
 
 pub(crate) fn cold_fn() -> String {
@@ -269,7 +271,9 @@ pub(crate) fn cold_fn() -> String {
 pub(crate) fn guarded() -> std::thread::Result<()> {
     std::panic::catch_unwind(|| {
         truth();
-        std::thread::sleep(block())
+        // Not the same code as another wrapper's (with `panic = "abort"`
+        // the closure is `load_order`'s code, and would be merged with it).
+        std::thread::sleep(block() + Duration::from_millis(3))
     })
 }
 

@@ -206,10 +206,8 @@ pub(crate) enum Exit {
 /// `start`; the function is `start..start + code.len()`), each with the
 /// address of its instruction: its tail calls. Jumps within the function
 /// are not exits; a jump through a register or memory other than a
-/// RIP-relative slot is [`Exit::Unknown`]. With `to_first_exit`, the
-/// decoding stops at the first unconditional jump or return (for code
-/// whose extent is not known).
-pub(crate) fn exits(start: u64, code: &[u8], to_first_exit: bool) -> Vec<(u64, Exit)> {
+/// RIP-relative slot is [`Exit::Unknown`].
+pub(crate) fn exits(start: u64, code: &[u8]) -> Vec<(u64, Exit)> {
     let end = start + code.len() as u64;
     let mut out = Vec::new();
     for at in instructions(start, code) {
@@ -229,9 +227,6 @@ pub(crate) fn exits(start: u64, code: &[u8], to_first_exit: bool) -> Vec<(u64, E
         };
         if let Some(exit) = exit {
             out.push((at.ip, exit));
-        }
-        if to_first_exit && (jump || op == Opcode::RETURN) {
-            break;
         }
     }
     out
@@ -369,10 +364,7 @@ mod tests {
         let code = [
             0x50, 0xe8, 0x00, 0x01, 0, 0, 0x58, 0xff, 0x25, 0x00, 0x01, 0, 0, 0xcc,
         ];
-        assert_eq!(
-            exits(0x1000, &code, false),
-            [(0x1007, Exit::Slot(0x100d + 0x100))]
-        );
+        assert_eq!(exits(0x1000, &code), [(0x1007, Exit::Slot(0x100d + 0x100))]);
         //   0: test %edi,%edi
         //   2: je +0x10 (inside)
         //   4: jne rel32 (outside: a conditional tail call)
@@ -383,14 +375,12 @@ mod tests {
             0xe7, 0xcc, 0xcc, 0xcc, 0xcc, 0xcc,
         ];
         assert_eq!(
-            exits(0x1000, &code, false),
+            exits(0x1000, &code),
             [
                 (0x1004, Exit::Direct(0x100a + 0x1000)),
                 (0x100a, Exit::Direct(0x100f + 0x2000)),
                 (0x100f, Exit::Unknown),
             ]
         );
-        // Up to the first unconditional jump only.
-        assert_eq!(exits(0x1000, &code, true).len(), 2);
     }
 }

@@ -267,33 +267,12 @@ impl Resolver {
                 last.0 = symbol.clone();
             }
         }
-        // A name that is empty is no name.
-        for line in &mut lines {
-            if line.0.as_deref().is_some_and(str::is_empty) {
-                line.0 = None;
-            }
-        }
         if lines.is_empty() {
             lines.push((symbol, None));
         }
         lines
             .into_iter()
-            .map(|(name, place)| {
-                // A function without a name cannot be told to be the
-                // application's: never the culprit.
-                let plumbing = name.is_none()
-                    || !self.main
-                    || name
-                        .as_deref()
-                        .is_some_and(|n| is_plumbing(n, place.as_deref()));
-                let name = name.unwrap_or_else(|| format!("{}+{probe:#x}", self.file_name));
-                Line {
-                    name,
-                    place,
-                    plumbing,
-                    tail: false,
-                }
-            })
+            .map(|(name, place)| frame_line(name, place, self.main, &self.file_name, probe))
             .collect()
     }
 
@@ -312,6 +291,31 @@ impl Resolver {
         }
         let name = format!("{:#}", rustc_demangle::demangle(name));
         (!name.is_empty()).then_some(name)
+    }
+}
+
+/// A function at an address of `module` (`offset` into it) as a line of a
+/// stack: without a name (an empty one is none), `module+0xoffset`. A
+/// function without a name cannot be told to be the application's: it is
+/// never the culprit; nor is one outside the executable (`main`).
+fn frame_line(
+    name: Option<String>,
+    place: Option<String>,
+    main: bool,
+    module: &str,
+    offset: u64,
+) -> Line {
+    let name = name.filter(|n| !n.is_empty());
+    let plumbing = name.is_none()
+        || !main
+        || name
+            .as_deref()
+            .is_some_and(|n| is_plumbing(n, place.as_deref()));
+    Line {
+        name: name.unwrap_or_else(|| format!("{module}+{offset:#x}")),
+        place,
+        plumbing,
+        tail: false,
     }
 }
 
@@ -612,7 +616,21 @@ fn culprit(lines: &[Line]) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{culprit, is_plumbing, symbolize, Line, Symbolizer};
+    use super::{culprit, frame_line, is_plumbing, symbolize, Line, Symbolizer};
+
+    #[test]
+    fn a_frame_without_a_name_is_shown_as_its_module_and_offset() {
+        for name in [None, Some(String::new())] {
+            let line = frame_line(name, None, true, "app", 0x1f2e3);
+            assert_eq!(line.name, "app+0x1f2e3");
+            assert!(line.plumbing, "never the culprit");
+        }
+        let line = frame_line(Some("app::run".to_owned()), None, true, "app", 0x10);
+        assert_eq!(line.name, "app::run");
+        assert!(!line.plumbing);
+        let line = frame_line(Some("qsort".to_owned()), None, false, "libc.so.6", 0x10);
+        assert!(line.plumbing, "a shared library's");
+    }
 
     #[test]
     fn a_closure_run_for_its_own_function_is_named_as_that_function() {

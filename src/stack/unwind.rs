@@ -281,10 +281,6 @@ const TAIL_FUNCTIONS: usize = 24;
 /// verified).
 const MAX_FUNCTION_BYTES: usize = 64 * 1024;
 
-/// Bytes decoded from a function whose extent is not known (no unwind
-/// entry starts there), up to its first unconditional jump.
-const UNKNOWN_EXTENT_BYTES: usize = 64;
-
 /// The most bytes of code one walk decodes for tail calls; past it, calls
 /// that did not reach the function being unwound are taken as not reaching
 /// it (no frame added, none verified by them).
@@ -511,11 +507,11 @@ impl<'a> Unwinder<'a> {
 
     /// How the call before `ra` reaches `func` (see [`Reach`]). Where the
     /// bytes read as two calls (see [`decode::calls_before`]), a direct call
-    /// whose target is in no loaded code is no call, and the reading that
-    /// reaches `func` best is taken.
+    /// whose target is in no loaded code is no call; a reading that reaches
+    /// `func` is taken; otherwise the readings must agree, and where they
+    /// do not, the walk cannot tell.
     fn reach(&mut self, ra: u64, func: Func) -> Reach {
-        let mut best = Reach::Other;
-        let mut read_any = false;
+        let mut readings: Vec<Reach> = Vec::with_capacity(2);
         for kind in self.calls_at(ra) {
             let target = match kind {
                 CallKind::Direct(t) if self.in_code(t) => Some(t),
@@ -523,31 +519,21 @@ impl<'a> Unwinder<'a> {
                 CallKind::Slot(slot) => self.pointer(slot),
                 CallKind::Indirect => None,
             };
-            let reach = match target {
-                Some(target) => {
-                    read_any = true;
-                    self.reach_from(target, func)
-                }
+            readings.push(match target {
+                Some(target) => self.reach_from(target, func),
                 None => Reach::Unknown,
-            };
-            if rank(&reach) < rank(&best) {
-                best = reach;
-            }
+            });
         }
-        if !read_any && best == Reach::Other {
-            // No reading of the bytes is a call to loaded code.
-            return Reach::Unknown;
+        if let Some(i) = readings.iter().position(|r| *r == Reach::Calls) {
+            return readings.swap_remove(i);
         }
-        return best;
-
-        fn rank(reach: &Reach) -> u8 {
-            match reach {
-                Reach::Calls => 0,
-                Reach::TailCalls(_) => 1,
-                Reach::Maybe(_) => 2,
-                Reach::Unknown => 3,
-                Reach::Other => 4,
-            }
+        if let Some(i) = readings.iter().position(Reach::known) {
+            return readings.swap_remove(i);
+        }
+        match readings.as_slice() {
+            [one] => one.clone(),
+            [first, rest @ ..] if rest.iter().all(|r| r == first) => first.clone(),
+            _ => Reach::Unknown,
         }
     }
 
@@ -561,6 +547,12 @@ impl<'a> Unwinder<'a> {
         let target = self.through_stub(target);
         if target == func.start {
             return Reach::Calls;
+        }
+        // A call goes to a function's start: a target where none starts is
+        // a misreading of the bytes before the return address, and nothing
+        // is followed from it.
+        if !self.starts_function(target) {
+            return Reach::Other;
         }
         let entry = self.is_entry(func.start);
         // Breadth first: each function with the jumps of those left on the
@@ -599,7 +591,12 @@ impl<'a> Unwinder<'a> {
                             Reach::TailCalls(jumps)
                         };
                     }
-                    if self.in_code(to) && !seen.contains(&to) && seen.len() < TAIL_FUNCTIONS {
+                    // Followed only to a function's start: a jump into
+                    // another function's middle is not a call of it.
+                    if self.starts_function(to)
+                        && !seen.contains(&to)
+                        && seen.len() < TAIL_FUNCTIONS
+                    {
                         seen.push(to);
                         jumps.push(site);
                         next.push((to, jumps));
@@ -629,25 +626,22 @@ impl<'a> Unwinder<'a> {
     }
 
     /// The jumps out of the function starting at `start` (read once per
-    /// walk): decoded over its unwind entry's extent, or, where no entry
-    /// starts there, up to its first unconditional jump.
+    /// walk), decoded over its unwind entry's extent; none where no entry
+    /// starts there.
     fn exits_of(&mut self, start: u64) -> Rc<[(u64, Exit)]> {
         if let Some(exits) = self.exits.get(&start) {
             return exits.clone();
         }
-        let extent = self
+        let len = self
             .function_len(start)
-            .map(|len| usize::try_from(len).unwrap_or(usize::MAX));
-        let (len, to_first_exit) = match extent {
-            Some(len) => (len.min(MAX_FUNCTION_BYTES), false),
-            None => (UNKNOWN_EXTENT_BYTES, true),
-        };
-        let len = len.min(self.budget);
+            .map_or(0, |len| usize::try_from(len).unwrap_or(usize::MAX))
+            .min(MAX_FUNCTION_BYTES)
+            .min(self.budget);
         self.budget -= len;
         let mut code = vec![0u8; len];
         let read = (self.read_code)(start, &mut code);
         code.truncate(read);
-        let exits: Rc<[(u64, Exit)]> = decode::exits(start, &code, to_first_exit).into();
+        let exits: Rc<[(u64, Exit)]> = decode::exits(start, &code).into();
         self.exits.insert(start, exits.clone());
         exits
     }
