@@ -719,8 +719,9 @@ fn reads_fifo() -> String {
     black_box(format!("read {n}"))
 }
 
-#[inline(never)]
-fn reads_tcp() -> String {
+/// A connection on loopback whose peer writes one byte after [`block`]; the
+/// peer's thread is joined after the read.
+pub(crate) fn late_connection() -> (std::net::TcpStream, std::thread::JoinHandle<()>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let server = std::thread::spawn(move || {
@@ -728,7 +729,12 @@ fn reads_tcp() -> String {
         std::thread::sleep(block());
         s.write_all(b"x").unwrap();
     });
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    (std::net::TcpStream::connect(addr).unwrap(), server)
+}
+
+#[inline(never)]
+fn reads_tcp() -> String {
+    let (mut stream, server) = late_connection();
     let mut buf = [0u8; 8];
     truth();
     let n = stream.read(&mut buf).unwrap();

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
-use crate::cases::{block, contend, make_fifo, truth, waited};
+use crate::cases::{block, contend, late_connection, make_fifo, truth, waited};
 
 /// A FIFO nobody opens for writing until [`block`] has passed; then a
 /// writer opens it, writes `data` and closes it. Removed when dropped.
@@ -347,16 +347,8 @@ impl Repo {
 }
 
 pub(crate) fn repo_method() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        std::thread::sleep(block());
-        s.write_all(b"x").unwrap();
-    });
-    let mut repo = Repo {
-        conn: std::net::TcpStream::connect(addr).unwrap(),
-    };
+    let (conn, server) = late_connection();
+    let mut repo = Repo { conn };
     let mut buf = [0u8; 8];
     let n = repo.fetch(&mut buf).unwrap();
     server.join().unwrap();
