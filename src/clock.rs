@@ -26,14 +26,7 @@ use std::sync::LazyLock;
 const COARSE_TICKS_PER_THRESHOLD: u64 = 20;
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-mod vdso;
-
-/// The address of the vDSO's `clock_gettime`, for tests that name frames in
-/// the vDSO.
-#[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
-pub(crate) fn vdso_clock_gettime_address() -> Option<usize> {
-    vdso::clock_gettime().map(|f| f as usize)
-}
+use crate::stack::os::vdso;
 
 #[cfg(target_os = "linux")]
 mod imp {

@@ -115,8 +115,7 @@ pub enum Error {
     #[error("loopwatch: a `metrics` recorder is installed already; if it is a metrics-exporter-prometheus recorder, pass its handle with `Exporter::builder().prometheus_handle(handle)`")]
     RecorderInstalled,
 
-    /// A setting of [`WatchdogBuilder`](crate::WatchdogBuilder) (`stack_signal`,
-    /// `resident_memory_limit`) or of `ExporterBuilder` (`max_connections`,
+    /// A setting of [`WatchdogBuilder`](crate::WatchdogBuilder) (`resident_memory_limit`) or of `ExporterBuilder` (`max_connections`,
     /// `head_timeout`, `request_timeout`) cannot work.
     #[error("loopwatch: `{setting}` {reason}")]
     InvalidSetting {

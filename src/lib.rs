@@ -109,36 +109,44 @@
 //! `gimli`, used for stacks). Raising it is a minor-version change.
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod board;
 mod clock;
 pub mod env;
 mod error;
 #[cfg(feature = "exporter")]
 mod exporter;
-mod health;
 mod instrument;
 pub mod metric_names;
+mod model;
 mod setup;
 #[cfg(feature = "spans")]
 #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
 pub mod spans;
-mod stack;
+use loopwatch_stack as stack;
 mod tasks;
 mod watchdog;
 
+pub use board::names::{MAX_NAMES, OTHER};
 pub use error::Error;
 #[cfg(feature = "exporter")]
 #[cfg_attr(docsrs, doc(cfg(feature = "exporter")))]
 pub use exporter::{Exporter, ExporterBuilder};
-pub use health::{
+pub use model::health::{
     CallCounts, Health, HungTask, ProcessHealth, RecentStall, RuntimeHealth, StalledWorker, Status,
     TaskCounts,
 };
 #[doc(hidden)]
-pub use instrument::call::__private;
+/// What loopwatch's macros expand to, in one place (as tracing's
+/// `__macro_support`). Not a public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::instrument::call::call_support::*;
+    pub use crate::setup::run_main;
+    pub use tokio;
+}
 pub use instrument::call::{blocking, blocking_fallible};
 pub use instrument::hooks;
 pub use instrument::hooks::install_runtime_hooks;
-pub use instrument::names::{MAX_NAMES, OTHER};
 pub use instrument::task::{spawn, spawn_fallible, spawn_named};
 pub use instrument::watched::{WatchExt, Watched};
 /// Times and counts every call of the function it marks, like [`blocking`].

@@ -2,7 +2,7 @@
 //! with where it waits ([`Watchdog::tasks`](crate::Watchdog::tasks),
 //! [`Watchdog::task_dump`](crate::Watchdog::task_dump), `GET /tasks`).
 //!
-//! Read from the tasks' live records (`instrument/live.rs`), which each
+//! Read from the tasks' live records (`board/live.rs`), which each
 //! task's spawn and polls keep up to date, and, for their spans, from the
 //! open spans of [`spans::layer()`](crate::spans::layer) (feature `spans`).
 //! Nothing is asked of the runtime, so a dump is taken while every worker
@@ -14,8 +14,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::board::live::{self, LiveTask};
 use crate::clock::now_ns;
-use crate::instrument::live::{self, LiveTask};
 
 /// Where a live task stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -255,7 +255,7 @@ pub(crate) fn describe(tasks: &[LiveTask], now: u64, hung_ns: u64) -> Vec<TaskIn
                 polls: t.polls,
                 spans,
                 other_spans,
-                await_trace: t.id.and_then(crate::watchdog::traces::trace_of),
+                await_trace: t.id.and_then(crate::board::traces::trace_of),
             }
         })
         .collect()

@@ -1,5 +1,7 @@
 //! The watchdog thread's side: everything that runs on `loopwatch-watchdog`,
-//! outside every watched runtime, and the handle the application keeps.
+//! outside every watched runtime, and the handle the application keeps. It
+//! reads what the application threads write in [`crate::board`], and the
+//! threads themselves through `loopwatch-stack`.
 //!
 //! - [`builder`]: [`WatchdogBuilder`], the settings and their checks;
 //! - [`handle`]: [`Watchdog`], and the state it shares with the thread;
@@ -9,12 +11,14 @@
 //! - [`heartbeat`]: the heartbeat task each watched runtime runs;
 //! - [`stall`]: the stall state machine (flag, escalate, end, rate limit);
 //! - [`evidence`]: the stuck thread's state and stack for a report;
-//! - [`cause`]: what the stuck thread did with its time, why it is stuck,
-//!   and pauses of the whole process;
-//! - [`cgroup`]: the process's cgroup (CPU limit and throttling, memory)
-//!   and the machine's steal time;
+//! - [`cause`]: readings of what the stuck thread did with its time, and
+//!   pauses of the whole process (the verdicts, `StallCause` and
+//!   `CpuAccount`, are data in `src/model/`);
+//! - `cgroup`: the process's cgroup (CPU limit and throttling, memory) and
+//!   the machine's steal time, read by `loopwatch_stack::os::cgroup`;
 //! - [`threads`]: finding the stuck thread among the process's threads;
-//! - [`report`]: [`StallReport`], and where reports go (log, metrics, callback);
+//! - [`report`]: where reports ([`StallReport`], in `src/model/`) go (log,
+//!   metrics, callback);
 //! - [`callback`]: the `on_stall` callback's own thread and bounded queue;
 //! - [`recent`]: the last reported stalls;
 //! - [`activity`]: task, call and process figures, read on their own schedule;
@@ -32,7 +36,7 @@ mod activity;
 mod builder;
 mod callback;
 mod cause;
-mod cgroup;
+use crate::stack::os::cgroup;
 mod check;
 mod detect;
 mod evidence;
@@ -69,17 +73,6 @@ pub(crate) mod traces {
     /// No hung task's id is kept for a trace.
     pub(crate) const MAX_TRACES: usize = 0;
 
-    /// No trace is ever taken.
-    pub(crate) fn trace_of(_id: u64) -> Option<String> {
-        None
-    }
-
-    /// No dump polls tasks.
-    #[inline(always)]
-    pub(crate) fn dumping() -> bool {
-        false
-    }
-
     /// Takes no dump.
     #[derive(Debug, Default)]
     pub(crate) struct AwaitTraces {}
@@ -113,5 +106,3 @@ pub(crate) use process::ProcessStats;
 pub(crate) use publish::{connection_dropped, describe_all};
 #[cfg(feature = "exporter")]
 pub(crate) use runtimes::RuntimeSample;
-// What a slow poll's accounting reads.
-pub(crate) use runtimes::poll_held_a_worker;

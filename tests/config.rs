@@ -238,26 +238,6 @@ fn bad_runtime_names_are_refused() {
     assert!(matches!(err, Error::ShutDown), "{err:?}");
 }
 
-#[cfg(target_os = "linux")]
-#[test]
-#[allow(deprecated)]
-fn a_stack_signal_outside_the_real_time_range_is_refused() {
-    let _serial = serial();
-    for signal in [0, 9, 15, 1000] {
-        let err = start_err(Watchdog::builder().stack_signal(signal));
-        assert!(
-            matches!(
-                err,
-                Error::InvalidSetting {
-                    setting: "stack_signal",
-                    ..
-                }
-            ),
-            "{signal}: {err:?}"
-        );
-    }
-}
-
 #[test]
 fn abort_after_shorter_than_the_stall_threshold_is_refused() {
     let _serial = serial();

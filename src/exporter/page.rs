@@ -6,7 +6,7 @@
 
 use std::fmt::Write as _;
 
-use crate::health::{Health, RecentStall, StalledWorker};
+use crate::model::health::{Health, RecentStall, StalledWorker};
 use crate::{TaskDump, TaskState};
 
 /// Seconds between the page's reloads.

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use crate::instrument::names::{self, BucketCounts, Histogram, BUCKETS};
+use crate::board::names::{self, BucketCounts, Histogram, BUCKETS};
 use crate::metric_names as n;
 use crate::watchdog::{Fixed, ProcessStats, RuntimeHistograms, RuntimeSample};
 use crate::Watchdog;
@@ -357,7 +357,7 @@ fn escape(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::instrument::names::Timed;
+    use crate::board::names::Timed;
 
     #[test]
     fn escapes_label_values() {

@@ -6,13 +6,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::OnceLock;
 use std::task::{Context, Poll, Waker};
 
+use crate::board::names::{self, NameEntry, Timed};
+use crate::board::settings::SETTINGS;
+use crate::board::shard::Counts;
+use crate::board::slot;
 use crate::clock::{coarse_ns, now_ns, OncePerSecond};
-use crate::instrument::names::{self, NameEntry, Timed};
 use crate::instrument::outcome::{Ending, Progress};
 use crate::instrument::poll::instrument_poll;
-use crate::instrument::settings::SETTINGS;
-use crate::instrument::shard::Counts;
-use crate::instrument::slot;
 
 /// At most one blocking-call warning per second across the process.
 static BLOCKING_LOG: OncePerSecond = OncePerSecond::new();
@@ -217,13 +217,10 @@ pub(crate) fn on_async_worker() -> bool {
     constrained
 }
 
-/// What `#[instrument_blocking]` expands to. Not a public API.
-#[doc(hidden)]
-pub mod __private {
+/// What `#[instrument_blocking]` expands to (re-exported in the crate's
+/// `__private`). Not a public API.
+pub(crate) mod call_support {
     use super::*;
-
-    pub use crate::setup::run_main;
-    pub use tokio;
 
     /// One instrumented function: its name and thresholds, resolved once.
     #[derive(Debug)]

@@ -31,7 +31,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::instrument::slot::{self, PARK_ACTIVE, PARK_PARKED};
+use crate::board::slot::{self, PARK_ACTIVE, PARK_PARKED};
 
 /// Installs loopwatch's thread hooks on a runtime builder.
 ///

@@ -3,12 +3,12 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 
+use crate::board::live::LiveRecord;
+use crate::board::names::{NameEntry, Timed};
+use crate::board::settings::SETTINGS;
+use crate::board::shard::Counts;
+use crate::board::slot;
 use crate::clock::{now_ns, OncePerSecond};
-use crate::instrument::live::LiveRecord;
-use crate::instrument::names::{NameEntry, Timed};
-use crate::instrument::settings::SETTINGS;
-use crate::instrument::shard::Counts;
-use crate::instrument::slot;
 
 /// At most one slow-poll warning per second across the process.
 static SLOW_POLL_LOG: OncePerSecond = OncePerSecond::new();
@@ -114,7 +114,7 @@ fn slow_poll(entry: &'static NameEntry, start: u64, took: u64) {
     // (`block_in_place`) or was not a worker (a `block_on` inside
     // `spawn_blocking`) held no worker up: tokio ran the worker's tasks
     // elsewhere meanwhile. Not a slow poll.
-    if crate::watchdog::poll_held_a_worker(start) == Some(false) {
+    if crate::board::workers::poll_held_a_worker(start) == Some(false) {
         tracing::debug!(
             target: "loopwatch",
             task = entry.name,

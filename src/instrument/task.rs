@@ -8,13 +8,13 @@ use std::task::{Context, Poll};
 
 use tokio::task::JoinHandle;
 
+use crate::board::live::{self, LiveRecord};
+use crate::board::names::{self, NameEntry};
+use crate::board::settings::SETTINGS;
+use crate::board::slot::counts_here;
 use crate::clock::coarse_ns;
-use crate::instrument::live::{self, LiveRecord};
-use crate::instrument::names::{self, NameEntry};
 use crate::instrument::outcome::{Ending, Progress};
 use crate::instrument::poll::{account_task_poll, instrument_poll};
-use crate::instrument::settings::SETTINGS;
-use crate::instrument::slot::counts_here;
 
 /// Spawns `future` on the current tokio runtime, like [`tokio::spawn`], as a
 /// task named by the caller's `file:line`, whose polls and outcome loopwatch

@@ -4,9 +4,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use crate::instrument::names::{self, NameEntry};
+use crate::board::names::{self, NameEntry};
+use crate::board::settings::SETTINGS;
 use crate::instrument::poll::{account_task_poll, instrument_poll};
-use crate::instrument::settings::SETTINGS;
 
 /// A future whose polls are recorded in the poll slot of the thread that runs
 /// them, so that the watchdog knows exactly which task a worker is stuck in

@@ -193,7 +193,7 @@ pub(crate) fn enter(id: u64, describe: impl FnOnce() -> Option<Handle>) {
             _ => miss(cached, id, describe),
         };
         local.stack.push(id, bits);
-        crate::instrument::live::capture_span(bits);
+        crate::board::live::capture_span(bits);
     });
 }
 

@@ -9,9 +9,9 @@ use super::builder::Config;
 use super::cgroup::Cgroup;
 use super::process::{self, ProcessStats};
 use super::publish;
+use crate::board::names::{self, NameCounts};
 use crate::clock::nanos;
-use crate::health::{CallCounts, HungTask, TaskCounts};
-use crate::instrument::names::{self, NameCounts};
+use crate::model::health::{CallCounts, HungTask, TaskCounts};
 use crate::TaskInfo;
 
 /// Hung tasks listed in `Health`, oldest first.

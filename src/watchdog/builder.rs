@@ -20,7 +20,6 @@ pub(crate) struct Config {
     pub(crate) sample_stacks: bool,
     pub(crate) resident_memory_limit: Option<u64>,
     pub(crate) recent_stalls: usize,
-    pub(crate) stack_signal: Option<i32>,
     pub(crate) full_stacks: bool,
     pub(crate) notify_systemd: bool,
     pub(crate) abort_after: Option<Duration>,
@@ -46,7 +45,6 @@ impl fmt::Debug for Config {
             .field("sample_stacks", &self.sample_stacks)
             .field("resident_memory_limit", &self.resident_memory_limit)
             .field("recent_stalls", &self.recent_stalls)
-            .field("stack_signal", &self.stack_signal)
             .field("full_stacks", &self.full_stacks)
             .field("notify_systemd", &self.notify_systemd)
             .field("abort_after", &self.abort_after)
@@ -95,7 +93,6 @@ impl Default for WatchdogBuilder {
                 sample_stacks: true,
                 resident_memory_limit: None,
                 recent_stalls: Watchdog::DEFAULT_RECENT_STALLS,
-                stack_signal: None,
                 full_stacks: false,
                 notify_systemd: false,
                 abort_after: None,
@@ -301,18 +298,6 @@ impl WatchdogBuilder {
     pub fn sample_stacks(mut self, enabled: bool) -> Self {
         self.set_by_code("sample_stacks");
         self.config.sample_stacks = enabled;
-        self
-    }
-
-    /// Has no effect: loopwatch no longer installs a signal handler nor sends
-    /// any signal (a thread on a CPU is sampled with `perf_event_open`
-    /// instead, which cannot cut a system call short). Kept so that code
-    /// written for earlier versions builds; a value outside
-    /// `SIGRTMIN..=SIGRTMAX` is still refused by
-    /// [`start`](Self::start).
-    #[deprecated(note = "loopwatch sends no signal any more: this setting has no effect")]
-    pub fn stack_signal(mut self, signal: i32) -> Self {
-        self.config.stack_signal = Some(signal);
         self
     }
 
@@ -523,14 +508,6 @@ impl WatchdogBuilder {
         if c.max_reports_per_minute == 0 {
             return Err(Error::ZeroReportRate);
         }
-        if let Some(signal) = c.stack_signal {
-            if !valid_realtime_signal(signal) {
-                return Err(Error::InvalidSetting {
-                    setting: "stack_signal",
-                    reason: "must be a real-time signal, between SIGRTMIN and SIGRTMAX",
-                });
-            }
-        }
         if c.resident_memory_limit == Some(0) {
             return Err(Error::InvalidSetting {
                 setting: "resident_memory_limit",
@@ -560,14 +537,4 @@ impl WatchdogBuilder {
         }
         Watchdog::launch(self.config)
     }
-}
-
-#[cfg(target_os = "linux")]
-fn valid_realtime_signal(signal: i32) -> bool {
-    (libc::SIGRTMIN()..=libc::SIGRTMAX()).contains(&signal)
-}
-
-#[cfg(not(target_os = "linux"))]
-fn valid_realtime_signal(_signal: i32) -> bool {
-    true
 }

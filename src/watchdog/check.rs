@@ -24,8 +24,8 @@ use super::runtimes::{RuntimeRef, RuntimeSet};
 use super::snapshot::{self, Inputs};
 use super::stall::{Candidate, Event, StallMachine};
 use super::{publish, threads};
+use crate::board::slot;
 use crate::clock::{nanos, now_ns};
-use crate::instrument::slot;
 
 /// The watchdog thread's state.
 #[derive(Debug)]

@@ -11,7 +11,7 @@ use super::cause::PauseDetector;
 use super::heartbeat::BeatView;
 use super::runtimes::RuntimeEntry;
 use super::stall::{Candidate, StallKey};
-use crate::instrument::slot::{SlotView, PARK_ACTIVE, PARK_UNKNOWN};
+use crate::board::slot::{SlotView, PARK_ACTIVE, PARK_UNKNOWN};
 
 /// What is published per worker by tokio: (park/unpark count, park count, busy ns).
 type Triple = (u64, u64, u64);

@@ -14,7 +14,7 @@ use super::cause::{CpuAccount, CpuTracker, StallCause};
 use super::detect::RuntimeMonitor;
 use super::stall::{Candidate, StallKey};
 use super::threads::NotFound;
-use crate::instrument::slot;
+use crate::board::slot;
 use crate::stack;
 use crate::StallReport;
 

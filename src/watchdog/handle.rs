@@ -15,7 +15,7 @@ use super::callback::{CallbackStats, CallbackThread, SHUTDOWN_WAIT};
 use super::process::ProcessStats;
 use super::runtimes::{validate_name, RuntimeEntry, RuntimeSample};
 use super::{check, heartbeat, publish, WatchdogBuilder};
-use crate::instrument::settings::SETTINGS;
+use crate::board::settings::SETTINGS;
 use crate::{Error, Health};
 
 /// Only one watchdog runs per process: the id of the process whose
@@ -167,9 +167,9 @@ impl Watchdog {
     /// Default [`WatchdogBuilder::stall_threshold`]: 5 s.
     pub const DEFAULT_STALL_THRESHOLD: Duration = Duration::from_secs(5);
     /// Default [`WatchdogBuilder::blocking_threshold`]: 100 ms.
-    pub const DEFAULT_BLOCKING_THRESHOLD: Duration = Duration::from_millis(100);
+    pub const DEFAULT_BLOCKING_THRESHOLD: Duration = crate::board::settings::DEFAULT_BLOCKING;
     /// Default [`WatchdogBuilder::slow_call_threshold`]: 2 s.
-    pub const DEFAULT_SLOW_CALL_THRESHOLD: Duration = Duration::from_secs(2);
+    pub const DEFAULT_SLOW_CALL_THRESHOLD: Duration = crate::board::settings::DEFAULT_SLOW_CALL;
     /// Default [`WatchdogBuilder::hung_task_threshold`]: 60 s.
     pub const DEFAULT_HUNG_TASK_THRESHOLD: Duration = Duration::from_secs(60);
     /// Default [`WatchdogBuilder::check_interval`]: 100 ms.
@@ -237,11 +237,7 @@ impl Watchdog {
             stopped: AtomicBool::new(false),
         });
         if shared.config.sample_stacks {
-            crate::stack::check_sampling();
-            // Load the symbol tables before a stall needs them (once per process).
-            let _ = std::thread::Builder::new()
-                .name("loopwatch-symbols".into())
-                .spawn(crate::stack::warm_up);
+            prepare_stacks();
         }
         let failed = |e| {
             SETTINGS.reset();
@@ -350,6 +346,7 @@ impl Watchdog {
         if watched_from_inside {
             beat.set_driver_to_current_thread();
         }
+        let board = Arc::new(crate::board::workers::WorkerBoard::new(handle));
         let entry = Arc::new(RuntimeEntry {
             name: Arc::from(name),
             serial: shared.next_serial.fetch_add(1, Relaxed),
@@ -357,9 +354,9 @@ impl Watchdog {
             beat,
             watched_at: crate::clock::now_ns(),
             watched_from_inside,
-            board: super::runtimes::WorkerBoard::new(handle),
+            board: Arc::clone(&board),
         });
-        super::runtimes::publish(&entry);
+        crate::board::workers::publish(&board);
         runtimes.push(entry);
         Ok(())
     }
@@ -514,5 +511,47 @@ impl Watchdog {
     #[cfg_attr(not(feature = "exporter"), allow(dead_code))]
     pub(crate) fn process_stats(&self) -> ProcessStats {
         *self.inner.shared.process.lock()
+    }
+}
+
+/// Says once per process when threads stuck on a CPU will have no stack
+/// (the kernel refuses `perf_event_open`), and loads the symbol tables
+/// before a stall needs them, saying once how memory is copied when the
+/// kernel refuses `process_vm_readv`.
+fn prepare_stacks() {
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if let Err(why @ crate::stack::NoStack::PerfRefused(errno)) = crate::stack::check_sampling() {
+        if !WARNED.swap(true, Relaxed) {
+            tracing::warn!(target: "loopwatch", errno, "threads stuck on a CPU will have no stack in stall reports: {why}");
+        }
+    }
+    let _ = std::thread::Builder::new()
+        .name("loopwatch-symbols".into())
+        .spawn(|| {
+            crate::stack::warm_up();
+            report_memory_access();
+        });
+}
+
+/// Says once how this process's memory is copied, when not by
+/// `process_vm_readv`.
+fn report_memory_access() {
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        use crate::stack::os::memory;
+        // One copy of a local settles how memory is copied.
+        let probe = 0u64;
+        let mut out = [0u8; 8];
+        memory::copy_memory(std::ptr::addr_of!(probe) as u64, &mut out);
+        static SAID: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+        if let Some(errno) = memory::refused() {
+            if SAID.swap(2, Relaxed) < 2 {
+                tracing::warn!(target: "loopwatch", process_vm_readv_errno = errno, "the kernel refuses to copy this process's memory (process_vm_readv and /proc/self/mem): stall reports carry no stack");
+            }
+        } else if let Some(errno) = memory::vm_readv_refused() {
+            if SAID.swap(1, Relaxed) < 1 {
+                tracing::debug!(target: "loopwatch", errno, "process_vm_readv refused; stacks are read from /proc/self/mem");
+            }
+        }
     }
 }

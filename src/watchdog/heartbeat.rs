@@ -12,8 +12,8 @@ use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
 
+use crate::board::slot::{self, NameEntry};
 use crate::clock::now_ns;
-use crate::instrument::slot::{self, NameEntry};
 
 /// The heartbeat's own name: not in the name registry, so not exported as a task.
 static NAME: LazyLock<&'static NameEntry> =

@@ -1,7 +1,7 @@
 //! The process's resources, read from `/proc/self` (Linux; zeros elsewhere).
 
 use super::cgroup::CgroupStats;
-use crate::health::ProcessHealth;
+use crate::model::health::ProcessHealth;
 
 /// Everything read about the process at one instant (the watchdog reads it
 /// once a second; `Health::process` and the exporter's `process_*` series
@@ -72,7 +72,8 @@ fn read_linux() -> Option<ProcessStats> {
     // Fields after the command name, which is in parentheses and may hold spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
     let f: Vec<&str> = rest.split_whitespace().collect();
-    // Field numbers of proc(5), minus 3 (pid, comm and state are not in `f`... state is f[0]).
+    // `f` starts at proc(5)'s field 3 (state), after pid and comm: field n
+    // is f[n - 3].
     let field = |n: usize| f.get(n - 3).and_then(|v| v.parse::<u64>().ok());
     let utime = field(14)?;
     let stime = field(15)?;

@@ -1,8 +1,9 @@
 //! What the watchdog records through the `metrics` facade (counters and
 //! gauges; its histograms are aggregated in [`histograms`]).
 //!
-//! Only the watchdog thread records here, a few times per check: handles are
-//! looked up at each call, so a recorder installed after the watchdog started
+//! The watchdog thread records here, a few times per check, and the
+//! exporter's thread once per connection it drops
+//! ([`connection_dropped`]): handles are looked up at each call, so a recorder installed after the watchdog started
 //! (for example by the exporter) receives everything from then on.
 
 use std::time::Duration;

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::stall::StallKey;
-use crate::health::RecentStall;
+use crate::model::health::RecentStall;
 use crate::StallReport;
 
 /// A ring of the last `capacity` reported stalls, oldest first.

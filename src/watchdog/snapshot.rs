@@ -8,7 +8,7 @@ use super::evidence::EvidenceCollector;
 use super::process::ProcessStats;
 use super::runtimes::RuntimeSet;
 use super::stall::Candidate;
-use crate::health::{Health, RecentStall, RuntimeHealth, StalledWorker, Status};
+use crate::model::health::{Health, RecentStall, RuntimeHealth, StalledWorker, Status};
 
 /// How long health stays `degraded` after a stall ended (ns).
 const AFTER_STALL_NS: u64 = 60_000_000_000;

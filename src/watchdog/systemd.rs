@@ -13,7 +13,7 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
 use crate::clock::nanos;
-use crate::health::{Health, Status};
+use crate::model::health::{Health, Status};
 
 /// Longest `STATUS=` text sent (systemd shows one line).
 const MAX_STATUS_LEN: usize = 400;

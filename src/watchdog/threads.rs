@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use crate::instrument::slot::SlotView;
+use crate::board::slot::SlotView;
 use crate::stack::{self, NoStack, Sample, Symbolizer};
 
 /// How long apart a candidate's stack is read twice.
@@ -345,7 +345,7 @@ pub(crate) fn find_stuck_workers(
             poke();
         }
         std::thread::sleep(SETTLE);
-        let progressed: Vec<(i64, u64)> = crate::instrument::slot::snapshot()
+        let progressed: Vec<(i64, u64)> = crate::board::slot::snapshot()
             .iter()
             .map(|s| (s.info.os_tid, s.last_completed))
             .collect();

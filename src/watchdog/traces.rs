@@ -26,30 +26,11 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::runtimes::RuntimeEntry;
-
-/// Whether a dump loopwatch asked for may be polling tasks now: from just
-/// before it is asked until 100 ms after it answered (or it was given up).
-/// Meanwhile polls do not move a task's idle time ([`dumping`]).
-static DUMPING: AtomicBool = AtomicBool::new(false);
-
-/// Whether a task dump may be polling tasks to trace them now: such a poll
-/// (and the wake-up tokio makes after it) is no sign of progress, so it
-/// leaves the task's idle time as it was (`instrument/live.rs`).
-#[inline]
-pub(crate) fn dumping() -> bool {
-    DUMPING.load(Ordering::Relaxed)
-}
+use crate::board::live;
+use crate::board::traces::TRACES;
 
 /// How long after a dump answered its polls may still come (ns).
 const SETTLE_NS: u64 = 100_000_000;
-
-/// The traces kept, by tokio task id.
-static TRACES: Mutex<Option<HashMap<u64, Arc<str>>>> = Mutex::new(None);
-
-/// The await trace of the task with tokio id `id`, if one was taken.
-pub(crate) fn trace_of(id: u64) -> Option<String> {
-    TRACES.lock().as_ref()?.get(&id).map(|t| t.to_string())
-}
 
 /// Traces kept at most (of the longest hung tasks).
 pub(crate) const MAX_TRACES: usize = 64;
@@ -116,7 +97,7 @@ impl AwaitTraces {
             self.settle_until = self.settle_until.min(now + SETTLE_NS);
         }
         if self.settle_until != 0 && now >= self.settle_until {
-            DUMPING.store(false, Ordering::Relaxed);
+            live::set_dumping(false);
             self.settle_until = 0;
         }
     }
@@ -162,7 +143,7 @@ impl AwaitTraces {
             self.last_asked.insert(entry.serial, now);
             // Polls from here on may be the dump's: they leave idle times
             // alone until shortly after it answers.
-            DUMPING.store(true, Ordering::Relaxed);
+            live::set_dumping(true);
             self.settle_until = self.settle_until.max(now + GIVE_UP_NS + SETTLE_NS);
             let (tx, rx) = mpsc::sync_channel(1);
             let handle = entry.handle.clone();
@@ -181,7 +162,7 @@ impl AwaitTraces {
                             text.truncate(cut);
                             text.push_str("\n…");
                         }
-                        (crate::instrument::live::task_id_bits(t.id()), text)
+                        (live::task_id_bits(t.id()), text)
                     })
                     .collect();
                 let _ = tx.send(traces);

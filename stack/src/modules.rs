@@ -17,11 +17,11 @@ use super::unwind::{Tables, Unwinder};
 #[derive(Debug, Clone)]
 pub(crate) struct Object {
     /// Its file ("" for the main program).
-    pub(crate) path: String,
+    pub path: String,
     /// Where its code is mapped.
-    pub(crate) text: Range<u64>,
+    pub text: Range<u64>,
     /// Its load bias: run-time address minus the file's address.
-    pub(crate) bias: u64,
+    pub bias: u64,
 }
 
 /// The loaded objects and their unwind tables (shared between snapshots:
@@ -31,7 +31,7 @@ pub(crate) struct Modules {
     objects: Vec<Object>,
     tables: Vec<Arc<Tables>>,
     /// Bytes of unwind tables copied.
-    pub(crate) table_bytes: usize,
+    pub table_bytes: usize,
 }
 
 impl Modules {
@@ -100,7 +100,7 @@ impl Modules {
         stack_base: u64,
         stack: &[u8],
     ) -> Walk {
-        let read = |addr: u64, out: &mut [u8]| super::proc::copy_memory(addr, out);
+        let read = |addr: u64, out: &mut [u8]| crate::os::memory::copy_memory(addr, out);
         Unwinder::new(&self.tables, &read).walk(ip, sp, bp, stack_base, stack)
     }
 }

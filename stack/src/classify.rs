@@ -61,16 +61,16 @@ pub(crate) fn kind_of_name(name: &str) -> FrameKind {
 
 /// What a thread's stack says it is doing, as far as tokio is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub(crate) struct Role {
+pub struct Role {
     /// A multi-thread runtime's worker.
-    pub(crate) worker: bool,
+    pub worker: bool,
     /// A worker inside a task's poll, not parked: the index of the frame of
     /// tokio's task harness for that task (the innermost).
-    pub(crate) polling: Option<usize>,
+    pub polling: Option<usize>,
     /// Inside tokio's current-thread scheduler (driving a runtime).
-    pub(crate) current_thread: bool,
+    pub current_thread: bool,
     /// In tokio's park code (a worker or driver with nothing to do).
-    pub(crate) parked: bool,
+    pub parked: bool,
 }
 
 /// What the thread whose walk is `frames` is doing, from the names of its
@@ -82,7 +82,7 @@ pub(crate) struct Role {
 /// told by the first look: tokio polls a task through a function pointer,
 /// so the task harness (`tokio::runtime::task::raw::poll`) is never inlined.
 /// `None` when the executable has no names.
-pub(crate) fn role(symbolizer: &mut super::Symbolizer, frames: &[usize]) -> Option<Role> {
+pub fn role(symbolizer: &mut super::Symbolizer, frames: &[usize]) -> Option<Role> {
     let outer = role_of(&symbolizer.outer_functions(frames)?);
     if outer.worker || outer.current_thread {
         return Some(outer);
@@ -174,7 +174,7 @@ mod tests {
                 .build()
                 .unwrap();
             let sleep = move || {
-                tx.send(crate::stack::current_tid()).unwrap();
+                tx.send(crate::os::thread::current_tid()).unwrap();
                 std::thread::sleep(std::time::Duration::from_millis(300));
             };
             if in_task {
@@ -185,8 +185,7 @@ mod tests {
         });
         let tid = rx.recv().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let sample =
-            crate::stack::sample(tid, false).expect("a sleeping thread is read from outside");
+        let sample = crate::sample(tid, false).expect("a sleeping thread is read from outside");
         sleeper.join().unwrap();
         assert!(sample.complete, "the walk reaches the thread's start");
         sample.frames
@@ -204,11 +203,13 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let (tx2, tx3) = (tx.clone(), tx.clone());
         rt.spawn(async move {
-            tx.send(("polling", crate::stack::current_tid())).unwrap();
+            tx.send(("polling", crate::os::thread::current_tid()))
+                .unwrap();
             std::thread::sleep(std::time::Duration::from_millis(400));
         });
         rt.spawn_blocking(move || {
-            tx2.send(("blocking", crate::stack::current_tid())).unwrap();
+            tx2.send(("blocking", crate::os::thread::current_tid()))
+                .unwrap();
             std::thread::sleep(std::time::Duration::from_millis(400));
         });
         drop(tx3);
@@ -218,9 +219,9 @@ mod tests {
             tids.insert(what, tid);
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
-        let mut symbolizer = crate::stack::Symbolizer::default();
+        let mut symbolizer = crate::Symbolizer::default();
         let mut role_of = |tid: i64| {
-            let sample = crate::stack::sample(tid, false).unwrap();
+            let sample = crate::sample(tid, false).unwrap();
             assert!(sample.complete);
             role(&mut symbolizer, &sample.frames).unwrap()
         };
@@ -236,8 +237,8 @@ mod tests {
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i64>().ok())
             .filter(|t| !tids.values().any(|x| x == t))
-            .filter_map(|t| crate::stack::sample(t, false).ok())
-            .filter_map(|s| role(&mut crate::stack::Symbolizer::default(), &s.frames))
+            .filter_map(|t| crate::sample(t, false).ok())
+            .filter_map(|s| role(&mut crate::Symbolizer::default(), &s.frames))
             .filter(|r| r.worker)
             .collect();
         assert!(!parked.is_empty(), "the parked worker is found");
@@ -248,7 +249,7 @@ mod tests {
     #[test]
     fn a_stack_inside_a_task_poll_is_trimmed_at_tokio() {
         let frames = stack_of_a_thread_sleeping(true);
-        let mut symbolizer = crate::stack::Symbolizer::default();
+        let mut symbolizer = crate::Symbolizer::default();
         let text = symbolizer
             .symbolize_frames(&frames, &[], false)
             .unwrap()
@@ -264,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_current_thread_block_on_is_inside_the_scheduler() {
-        let mut symbolizer = crate::stack::Symbolizer::default();
+        let mut symbolizer = crate::Symbolizer::default();
         let inside = role(&mut symbolizer, &stack_of_a_thread_sleeping(true)).unwrap();
         assert!(inside.current_thread, "{inside:?}");
         let outside = role(&mut symbolizer, &stack_of_a_thread_sleeping(false)).unwrap();

@@ -149,7 +149,7 @@ const BLOCK_MS: u64 = 400;
 fn stack_while_blocked_in(entry: fn()) -> Sample {
     let (tx, rx) = std::sync::mpsc::channel();
     let blocked = std::thread::spawn(move || {
-        tx.send(crate::stack::current_tid()).unwrap();
+        tx.send(crate::current_tid()).unwrap();
         entry();
     });
     let tid = rx.recv().unwrap();

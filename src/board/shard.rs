@@ -2,7 +2,7 @@
 //! and task end, kept per thread so that no cache line is written by two
 //! threads on the hot path.
 //!
-//! Each thread's poll slot ([`crate::instrument::slot`]) holds a [`Table`]
+//! Each thread's poll slot ([`crate::board::slot`]) holds a [`Table`]
 //! of [`Shard`]s, one per name the thread has counted, in chunks of
 //! [`CHUNK`] names allocated at the thread's first count of a name in the
 //! chunk (never again). Only the owning thread writes a shard, with a plain
@@ -18,7 +18,7 @@
 
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 
-use crate::instrument::names::MAX_NAMES;
+use crate::board::names::MAX_NAMES;
 
 /// Names per chunk.
 pub(crate) const CHUNK: usize = 16;

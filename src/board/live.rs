@@ -25,11 +25,11 @@
 use std::cell::RefCell;
 use std::hash::Hasher;
 use std::panic::Location;
-use std::sync::atomic::{fence, AtomicPtr, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicPtr, AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
-use crate::instrument::names::NameEntry;
+use crate::board::names::NameEntry;
 
 /// Records per block.
 pub(crate) const BLOCK: usize = 256;
@@ -176,7 +176,7 @@ impl LiveRecord {
     /// thread only). Its first poll also notes tokio's id of the task.
     #[inline]
     pub(crate) fn poll_started(&'static self, start: u64) -> Capture {
-        if !crate::watchdog::traces::dumping() {
+        if !dumping() {
             self.stamp.store(start << 1 | 1, Ordering::Relaxed);
         }
         if self.polls.load(Ordering::Relaxed) & POLLS_MASK == 0 {
@@ -196,7 +196,7 @@ impl LiveRecord {
     #[inline]
     pub(crate) fn poll_ended(&self, end: u64, capture: Capture) {
         drop(capture);
-        if !crate::watchdog::traces::dumping() {
+        if !dumping() {
             self.stamp.store(end << 1, Ordering::Relaxed);
         }
         let polls = self.polls.load(Ordering::Relaxed);
@@ -253,6 +253,24 @@ impl Drop for Capture {
             self.record.poll_span.store(0, Ordering::Relaxed);
         }
     }
+}
+
+/// Whether a task dump the watchdog asked for may be polling tasks now:
+/// from just before it is asked until 100 ms after it answered (or it was
+/// given up). Such a poll (and the wake-up tokio makes after it) is no sign
+/// of progress, so it leaves the task's idle time as it was.
+static DUMPING: AtomicBool = AtomicBool::new(false);
+
+/// Whether a task dump may be polling tasks now ([`DUMPING`]).
+#[inline]
+pub(crate) fn dumping() -> bool {
+    DUMPING.load(Ordering::Relaxed)
+}
+
+/// Set by the watchdog's task dumps (`watchdog/traces.rs`).
+#[allow(dead_code)]
+pub(crate) fn set_dumping(on: bool) {
+    DUMPING.store(on, Ordering::Relaxed);
 }
 
 /// The calling thread entered the span whose description handle bits are

@@ -9,7 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::clock::nanos;
-use crate::Watchdog;
+
+/// The default blocking threshold (`Watchdog::DEFAULT_BLOCKING_THRESHOLD`):
+/// 100 ms.
+pub(crate) const DEFAULT_BLOCKING: Duration = Duration::from_millis(100);
+/// The default slow-call threshold (`Watchdog::DEFAULT_SLOW_CALL_THRESHOLD`):
+/// 2 s.
+pub(crate) const DEFAULT_SLOW_CALL: Duration = Duration::from_secs(2);
 
 /// What the per-poll and per-call paths read: relaxed loads only.
 #[derive(Debug)]
@@ -20,8 +26,8 @@ pub(crate) struct HotSettings {
     slow_call_ns: AtomicU64,
 }
 
-const DEFAULT_BLOCKING_NS: u64 = Watchdog::DEFAULT_BLOCKING_THRESHOLD.as_nanos() as u64;
-const DEFAULT_SLOW_CALL_NS: u64 = Watchdog::DEFAULT_SLOW_CALL_THRESHOLD.as_nanos() as u64;
+const DEFAULT_BLOCKING_NS: u64 = DEFAULT_BLOCKING.as_nanos() as u64;
+const DEFAULT_SLOW_CALL_NS: u64 = DEFAULT_SLOW_CALL.as_nanos() as u64;
 
 /// The process's settings for instrumented work.
 pub(crate) static SETTINGS: HotSettings = HotSettings {

@@ -3,7 +3,7 @@
 //! A name is a `&'static str` given by the caller, or the `file:line` of a
 //! spawn. Each distinct name gets one [`NameEntry`], leaked and never freed,
 //! with an index into every thread's counter shards
-//! ([`crate::instrument::shard`]) and the counters of rare events (slow
+//! ([`crate::board::shard`]) and the counters of rare events (slow
 //! polls, blocking and slow calls, call panics, long durations) as shared
 //! relaxed atomics. The number of distinct names is capped
 //! ([`MAX_NAMES`](crate::MAX_NAMES)); names past the cap share the entry
@@ -17,7 +17,7 @@ use std::sync::LazyLock;
 
 use parking_lot::RwLock;
 
-use crate::instrument::shard::{Shard, ShardSum};
+use crate::board::shard::{Shard, ShardSum};
 
 /// Largest number of distinct task and call names; more are counted as `other`.
 pub const MAX_NAMES: usize = 1000;
@@ -265,7 +265,7 @@ impl NameCounts {
 pub(crate) fn read_all() -> Vec<(&'static NameEntry, NameCounts)> {
     let entries = all();
     let mut sums = vec![ShardSum::default(); entries.len()];
-    crate::instrument::slot::for_each_table(|table| {
+    crate::board::slot::for_each_table(|table| {
         table.for_each(|index, shard| {
             if let Some(sum) = sums.get_mut(index) {
                 sum.add(shard);

@@ -12,10 +12,10 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+pub(crate) use crate::board::names::NameEntry;
+use crate::board::names::Timed;
+use crate::board::shard::{Counts, Table};
 use crate::clock::{coarse_min_ns, coarse_ns, now_ns};
-pub(crate) use crate::instrument::names::NameEntry;
-use crate::instrument::names::Timed;
-use crate::instrument::shard::{Counts, Table};
 
 /// Park state as reported by the runtime hooks of [`crate::hooks`].
 pub(crate) const PARK_UNKNOWN: u8 = 0;
@@ -455,7 +455,7 @@ pub(crate) mod task_hooks {
     pub(crate) fn poll_started(at: &'static Location<'static>) {
         // Task poll hooks run on workers only, before the task id is set.
         super::mark_worker();
-        let guard = enter(crate::instrument::names::of_location(at));
+        let guard = enter(crate::board::names::of_location(at));
         drop(GUARD.with(|g| g.replace(guard)));
     }
 

@@ -1,25 +1,28 @@
-//! Stacks of other threads, for stall reports (Linux on x86_64, feature
-//! `stacks`), taken without changing what the thread's code sees: no signal
-//! is ever sent.
+//! loopwatch's stack reader: stacks of other threads of this process, for
+//! stall reports (Linux on x86_64, feature `stacks`), taken without
+//! changing what the thread's code sees: no signal is ever sent. It knows
+//! nothing of loopwatch, tokio's runtimes or watchdogs: it reads a thread,
+//! walks what it read, and names frames.
 //!
-//! - [`proc`]: what the kernel says about a thread (on a CPU or waiting, the
-//!   registers of a waiting thread) and copies of memory that cannot fault;
-//! - [`perf`]: a `perf_event_open` sample of a thread on a CPU, copied by
+//! - [`os`]: what the kernel says about this process and its threads (on a
+//!   CPU or waiting, the registers of a waiting thread, schedstat, cgroups),
+//!   and copies of memory that cannot fault;
+//! - `perf`: a `perf_event_open` sample of a thread on a CPU, copied by
 //!   the kernel while the thread runs user code;
-//! - [`modules`]: the loaded objects and their unwind tables;
-//! - [`unwind`]: the walk of a copied stack, right without the frame
+//! - `modules`: the loaded objects and their unwind tables;
+//! - `unwind`: the walk of a copied stack, right without the frame
 //!   pointer and through tail calls (its doc says why and how);
-//! - [`decode`]: the calls, jumps and prologues the walk reads;
-//! - [`classify`]: the one classifier of frames, by name, inlined ones
+//! - `decode`: the calls, jumps and prologues the walk reads;
+//! - `classify`: the one classifier of frames, by name, inlined ones
 //!   included (tokio's scheduler, task harness and park code);
-//! - [`symbols`]: names, `file:line` and the culprit, resolved on demand.
+//! - `symbols`: names, `file:line` and the culprit, resolved on demand.
 //!
 //! A thread waiting in the kernel (a sleep, a lock, blocking I/O: most
 //! stalls) is read from outside: its stack pointer and program counter come
 //! from `/proc/self/task/TID/syscall`, its stack bytes are copied with
 //! `process_vm_readv` (or read from `/proc/self/mem` where that call is
 //! refused), and the walk happens on the watchdog thread. A thread on a CPU
-//! is sampled by the kernel ([`perf`]), only when it is known to be stuck
+//! is sampled by the kernel (`perf`), only when it is known to be stuck
 //! (or to decide whether a current-thread runtime's thread is); where
 //! `perf_event_open` is refused it has no stack, and the report says why. A
 //! signal is never used: one that lands while the thread is in a system
@@ -31,13 +34,13 @@
 
 use std::fmt;
 
-mod proc;
-pub(crate) use proc::{on_cpu, voluntary_switches};
+pub mod os;
+pub use os::thread::{current_tid, on_cpu, voluntary_switches};
 
 /// Why a report has no stack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(dead_code)]
-pub(crate) enum NoStack {
+pub enum NoStack {
     /// The thread no longer exists.
     Gone,
     /// Not available on this platform or build, or turned off.
@@ -110,7 +113,7 @@ impl fmt::Display for NoStack {
 /// How a stack was taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(dead_code)]
-pub(crate) enum Method {
+pub enum Method {
     /// The thread waited in the kernel: registers from
     /// `/proc/self/task/TID/syscall`, the stack copied from outside.
     Proc,
@@ -119,8 +122,8 @@ pub(crate) enum Method {
 }
 
 impl Method {
-    /// The name shown in reports ([`crate::StallReport::stack_method`]).
-    pub(crate) fn name(self) -> &'static str {
+    /// The name shown in reports (loopwatch's `StallReport::stack_method`).
+    pub fn name(self) -> &'static str {
         match self {
             Method::Proc => "proc",
             Method::Perf => "perf",
@@ -130,31 +133,31 @@ impl Method {
 
 /// A stack taken from a thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Sample {
+pub struct Sample {
     /// Addresses to look up, innermost first.
-    pub(crate) frames: Vec<usize>,
+    pub frames: Vec<usize>,
     /// The stack pointer in each frame.
-    pub(crate) sps: Vec<u64>,
+    pub sps: Vec<u64>,
     /// Which frames stand for functions that left by a tail call (indices
     /// into `frames`: the address of the function's jump, or 0 where
     /// functions may have been left out through a jump whose target is not
     /// known).
-    pub(crate) tail_calls: Vec<usize>,
+    pub tail_calls: Vec<usize>,
     /// Whether the walk reached the thread's first frame.
-    pub(crate) complete: bool,
+    pub complete: bool,
     /// Where the walk stopped, when it did not.
-    pub(crate) stopped: Option<&'static str>,
+    pub stopped: Option<&'static str>,
     /// How it was taken (on a CPU: [`Method::Perf`]).
-    pub(crate) method: Method,
+    pub method: Method,
 }
 
 /// A stack in words.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Symbolized {
+pub struct Symbolized {
     /// One numbered frame per line, with `file:line` where known.
-    pub(crate) text: String,
+    pub text: String,
     /// The first frame of application code, `function (file:line)`.
-    pub(crate) culprit: Option<String>,
+    pub culprit: Option<String>,
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
@@ -171,18 +174,19 @@ mod symbols;
 mod unwind;
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
-pub(crate) use classify::role;
+pub use classify::{role, Role};
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
-pub(crate) use symbols::Symbolizer;
+pub use symbols::Symbolizer;
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
 mod linux {
     use std::sync::Arc;
 
-    use parking_lot::Mutex;
+    use std::sync::Mutex;
 
     use super::modules::Modules;
-    use super::proc::{self, Syscall};
+    use super::os::thread::Syscall;
+    use super::os::{memory, thread};
     use super::{perf, Method, NoStack, Sample};
 
     /// Bytes of stack copied above the stack pointer of a waiting thread.
@@ -194,13 +198,22 @@ mod linux {
     /// the child a lock nobody holds.
     static MODULES: Mutex<Option<Arc<Modules>>> = Mutex::new(None);
 
+    /// The lock on the loaded objects: nothing panics while it is held, and
+    /// a poisoned one still holds a whole `Option<Arc>`.
+    fn lock() -> std::sync::MutexGuard<'static, Option<Arc<Modules>>> {
+        MODULES
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The loaded objects, read at the first call.
     pub(crate) fn modules() -> Arc<Modules> {
-        let current = MODULES.lock().clone();
+        let current = lock().clone();
         match current {
             Some(modules) => modules,
             None => {
                 let loaded = Arc::new(Modules::load());
-                MODULES.lock().get_or_insert(loaded).clone()
+                lock().get_or_insert(loaded).clone()
             }
         }
     }
@@ -209,7 +222,7 @@ mod linux {
     /// later), when an address is in none of the known ones.
     pub(crate) fn refresh_modules() -> Arc<Modules> {
         let refreshed = Arc::new(modules().refreshed());
-        *MODULES.lock() = Some(refreshed.clone());
+        *lock() = Some(refreshed.clone());
         refreshed
     }
 
@@ -223,11 +236,31 @@ mod linux {
         walk
     }
 
+    /// Why a thread's `/proc` entry could not be read: it exited, or it
+    /// lives and `/proc` does not show it.
+    fn missing(tid: i64) -> NoStack {
+        if thread::exists(tid) {
+            NoStack::ProcUnreadable
+        } else {
+            NoStack::Gone
+        }
+    }
+
+    /// Copies the stack above `sp` into `out`; `Err` only when the kernel
+    /// refuses every way of reading memory.
+    fn read_stack(sp: u64, out: &mut [u8]) -> Result<usize, NoStack> {
+        let n = memory::copy_memory(sp, out);
+        match memory::refused() {
+            Some(errno) if n == 0 => Err(NoStack::MemoryRefused(errno)),
+            _ => Ok(n),
+        }
+    }
+
     /// Takes thread `tid`'s stack. A thread waiting in the kernel is read
     /// from outside; a thread on a CPU is sampled by the kernel only if
     /// `may_sample` (it is known stuck, or whether it is must be told), and
     /// never signalled.
-    pub(crate) fn sample(tid: i64, may_sample: bool) -> Result<Sample, NoStack> {
+    pub fn sample(tid: i64, may_sample: bool) -> Result<Sample, NoStack> {
         // A sampled walk that stopped after a few frames (the thread was
         // caught where the unwind tables do not reach) is taken again, up
         // to three samples in all; the longest walk is kept.
@@ -237,23 +270,24 @@ mod linux {
         // A thread that waits only a moment at a time (a loop of short
         // sleeps) may move during a read: up to eight reads, three samples.
         for _ in 0..8 {
-            let before = proc::timeslices(tid);
-            let Some(state) = proc::syscall(tid) else {
-                return partial.ok_or_else(|| proc::missing(tid));
+            let before = thread::times(tid).map(|t| t.timeslices);
+            let Some(state) = thread::syscall(tid) else {
+                return partial.ok_or_else(|| missing(tid));
             };
             match state {
                 Syscall::Blocked { line, sp, pc } => {
                     let mut stack = vec![0u8; WINDOW];
-                    let len = proc::read_stack(sp, &mut stack)?;
+                    let len = read_stack(sp, &mut stack)?;
                     // The same registers after the copy, and the thread not
                     // put on a CPU in between (a loop re-entering the same
                     // call shows the same registers): the bytes are the
                     // stack those registers index.
-                    match proc::syscall(tid) {
+                    match thread::syscall(tid) {
                         Some(Syscall::Blocked { line: again, .. })
-                            if again == line && proc::timeslices(tid) == before => {}
+                            if again == line
+                                && thread::times(tid).map(|t| t.timeslices) == before => {}
                         Some(_) => continue,
-                        None => return Err(proc::missing(tid)),
+                        None => return Err(missing(tid)),
                     }
                     let walk = walk(pc, sp, None, sp, &stack[..len]);
                     return Ok(Sample {
@@ -305,83 +339,81 @@ mod linux {
 
     /// Loads the unwind tables (once per process), so that the first stall
     /// does not wait for them.
-    pub(crate) fn warm_up() {
+    pub fn warm_up() {
         let _ = modules();
     }
 
-    /// Says once, when the watchdog starts, that threads stuck on a CPU will
-    /// have no stack because the kernel refuses `perf_event_open`.
-    pub(crate) fn check_sampling() {
-        static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        if let Err(errno) = perf::probe() {
-            if !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::warn!(target: "loopwatch", errno, "threads stuck on a CPU will have no stack in stall reports: {}", perf::refusal(errno));
-            }
+    /// `Err(why)` when the kernel refuses `perf_event_open`: threads on a
+    /// CPU will have no stack.
+    pub fn check_sampling() -> Result<(), NoStack> {
+        perf::probe().map_err(NoStack::PerfRefused)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn a_live_thread_missing_from_proc_is_not_called_gone() {
+            assert_eq!(
+                super::missing(crate::current_tid()),
+                super::NoStack::ProcUnreadable
+            );
+            assert_eq!(super::missing(i64::from(i32::MAX)), super::NoStack::Gone);
         }
     }
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
-use linux::modules as linux_modules;
-#[cfg(all(target_os = "linux", target_arch = "x86_64", feature = "stacks"))]
-pub(crate) use linux::{check_sampling, sample, warm_up};
+pub use linux::{check_sampling, sample, warm_up};
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64", feature = "stacks")))]
 mod unsupported {
     use super::{NoStack, Sample, Symbolized};
 
-    pub(crate) fn sample(_tid: i64, _may_sample: bool) -> Result<Sample, NoStack> {
+    /// No stack is taken here.
+    pub fn sample(_tid: i64, _may_sample: bool) -> Result<Sample, NoStack> {
         Err(NoStack::Unsupported)
     }
 
-    pub(crate) fn warm_up() {}
+    /// Nothing to load here.
+    pub fn warm_up() {}
 
-    pub(crate) fn check_sampling() {}
+    /// Nothing is sampled here.
+    pub fn check_sampling() -> Result<(), NoStack> {
+        Err(NoStack::Unsupported)
+    }
 
     /// What a thread's stack says it is doing (nothing known here).
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-    pub(crate) struct Role {
-        pub(crate) worker: bool,
-        pub(crate) polling: Option<usize>,
-        pub(crate) current_thread: bool,
-        pub(crate) parked: bool,
+    pub struct Role {
+        /// A multi-thread runtime's worker.
+        pub worker: bool,
+        /// Inside a task's poll: the task harness's frame.
+        pub polling: Option<usize>,
+        /// Inside tokio's current-thread scheduler.
+        pub current_thread: bool,
+        /// In tokio's park code.
+        pub parked: bool,
     }
 
-    pub(crate) fn role(_symbolizer: &mut Symbolizer, _frames: &[usize]) -> Option<Role> {
+    /// Nothing is known here.
+    pub fn role(_symbolizer: &mut Symbolizer, _frames: &[usize]) -> Option<Role> {
         None
     }
 
     /// Resolves nothing here.
     #[derive(Debug, Default)]
-    pub(crate) struct Symbolizer;
+    pub struct Symbolizer;
 
     impl Symbolizer {
-        pub(crate) fn symbolize(&mut self, _sample: &Sample, _full: bool) -> Option<Symbolized> {
+        /// Names nothing here.
+        pub fn symbolize(&mut self, _sample: &Sample, _full: bool) -> Option<Symbolized> {
             None
         }
 
-        pub(crate) fn forget_tables(&mut self) {}
+        /// Holds no tables here.
+        pub fn forget_tables(&mut self) {}
     }
 }
 
 #[cfg(not(all(target_os = "linux", target_arch = "x86_64", feature = "stacks")))]
-pub(crate) use unsupported::*;
-
-#[cfg(target_os = "linux")]
-thread_local! {
-    // SAFETY: gettid has no preconditions.
-    static TID: i64 = i64::from(unsafe { libc::gettid() });
-}
-
-/// The calling thread's kernel id (0 while the thread is torn down, and
-/// where there is no such id).
-pub(crate) fn current_tid() -> i64 {
-    #[cfg(target_os = "linux")]
-    {
-        TID.try_with(|t| *t).unwrap_or(0)
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        0
-    }
-}
+pub use unsupported::*;

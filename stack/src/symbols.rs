@@ -133,7 +133,9 @@ fn vdso_image() -> Option<Vec<u8>> {
         return None;
     }
     let mut header = [0u8; std::mem::size_of::<libc::Elf64_Ehdr>()];
-    if super::proc::copy_memory(base, &mut header) != header.len() || header[..4] != *b"\x7fELF" {
+    if crate::os::memory::copy_memory(base, &mut header) != header.len()
+        || header[..4] != *b"\x7fELF"
+    {
         return None;
     }
     // SAFETY: `header` holds the bytes of an ELF header; the struct has no
@@ -143,7 +145,7 @@ fn vdso_image() -> Option<Vec<u8>> {
         header.e_shoff as usize + usize::from(header.e_shnum) * usize::from(header.e_shentsize);
     let len = sections_end.min(1 << 20);
     let mut image = vec![0u8; len];
-    let copied = super::proc::copy_memory(base, &mut image);
+    let copied = crate::os::memory::copy_memory(base, &mut image);
     image.truncate(copied);
     Some(image)
 }
@@ -324,12 +326,13 @@ fn frame_line(
 /// a registry or git dependency, and (decided by the caller) every shared
 /// object such as libc.
 pub(crate) fn is_plumbing(name: &str, place: Option<&str>) -> bool {
-    const CRATES: [&str; 16] = [
+    const CRATES: [&str; 17] = [
         "std::",
         "core::",
         "alloc::",
         "tokio::",
         "loopwatch::",
+        "loopwatch_stack::",
         "parking_lot::",
         "parking_lot_core::",
         "lock_api::",
@@ -380,7 +383,7 @@ fn key_of(object: &Object) -> ObjectKey {
 /// after that too (bounded), so that a stall seen again at the same code, or
 /// a stack looked at again, is named without reading the tables again.
 #[derive(Default)]
-pub(crate) struct Symbolizer {
+pub struct Symbolizer {
     resolvers: BTreeMap<ObjectKey, Option<Resolver>>,
     /// Whether each object read has names at all.
     named: HashMap<ObjectKey, bool>,
@@ -405,13 +408,13 @@ impl Symbolizer {
     /// stack is cut at the first function of tokio's runtime (inlined or
     /// not), below the user's code. A function that left by a tail call is
     /// shown as `name (tail call)`, at the place of its jump.
-    pub(crate) fn symbolize(&mut self, sample: &Sample, full: bool) -> Option<Symbolized> {
+    pub fn symbolize(&mut self, sample: &Sample, full: bool) -> Option<Symbolized> {
         self.symbolize_frames(&sample.frames, &sample.tail_calls, full)
     }
 
     /// [`symbolize`](Self::symbolize) of frames alone (`tail_calls`: which
     /// of them stand for functions that left by a tail call).
-    pub(crate) fn symbolize_frames(
+    pub fn symbolize_frames(
         &mut self,
         frames: &[usize],
         tail_calls: &[usize],
@@ -474,7 +477,7 @@ impl Symbolizer {
 
     /// Whether the executable has a symbol table or debug info.
     fn main_has_names(&mut self) -> bool {
-        let main = { super::linux_modules().objects().first().cloned() };
+        let main = { super::linux::modules().objects().first().cloned() };
         let Some(main) = main else { return false };
         let key = key_of(&main);
         if let Some(&named) = self.named.get(&key) {
@@ -486,7 +489,7 @@ impl Symbolizer {
     }
 
     /// Drops the symbol and line tables read (the names found are kept).
-    pub(crate) fn forget_tables(&mut self) {
+    pub fn forget_tables(&mut self) {
         self.resolvers.clear();
     }
 
@@ -568,7 +571,7 @@ impl Symbolizer {
 
 /// Which object each frame is in, and whether it is the executable.
 fn objects_of(frames: &[usize]) -> Vec<Option<(Object, bool)>> {
-    let guard = super::linux_modules();
+    let guard = super::linux::modules();
     let main_text = guard.objects().first().map(|o| o.text.clone());
     frames
         .iter()
@@ -671,18 +674,18 @@ mod tests {
 
     #[inline(never)]
     fn culprit_sleeps_here(tid: std::sync::mpsc::Sender<i64>) {
-        tid.send(crate::stack::current_tid()).unwrap();
+        tid.send(crate::os::thread::current_tid()).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(300));
         std::hint::black_box(());
     }
 
     /// The stack of a thread sleeping in [`culprit_sleeps_here`].
-    fn sleeping_thread_stack() -> crate::stack::Sample {
+    fn sleeping_thread_stack() -> crate::Sample {
         let (tx, rx) = std::sync::mpsc::channel();
         let sleeper = std::thread::spawn(move || culprit_sleeps_here(tx));
         let tid = rx.recv().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let sample = crate::stack::sample(tid, false).unwrap();
+        let sample = crate::sample(tid, false).unwrap();
         sleeper.join().unwrap();
         sample
     }
@@ -692,7 +695,7 @@ mod tests {
         let sample = sleeping_thread_stack();
         assert_eq!(
             sample.method,
-            crate::stack::Method::Proc,
+            crate::Method::Proc,
             "a sleeping thread is read from outside"
         );
         let symbolized = symbolize(&sample.frames, false).unwrap();
@@ -705,7 +708,7 @@ mod tests {
             symbolized
                 .text
                 .contains("culprit_sleeps_here\n             at ")
-                && symbolized.text.contains("src/stack/symbols.rs:"),
+                && symbolized.text.contains("src/symbols.rs:"),
             "{}",
             symbolized.text
         );
@@ -736,7 +739,7 @@ mod tests {
 
     #[test]
     fn a_frame_in_the_vdso_is_named() {
-        let Some(addr) = crate::clock::vdso_clock_gettime_address() else {
+        let Some(addr) = crate::os::vdso::clock_gettime().map(|f| f as usize) else {
             return; // no vDSO here
         };
         // An address inside the function, as a return address minus one is.
@@ -751,7 +754,7 @@ mod tests {
     /// on and sleeps, so that its stack can be read from outside.
     extern "C" fn compares_slowly(a: *const libc::c_void, b: *const libc::c_void) -> libc::c_int {
         if let Some(tx) = COMPARED.lock().unwrap().take() {
-            tx.send(crate::stack::current_tid()).unwrap();
+            tx.send(crate::os::thread::current_tid()).unwrap();
             std::thread::sleep(std::time::Duration::from_millis(300));
         }
         // SAFETY: qsort hands pointers to two elements of the u32 array.
@@ -773,7 +776,7 @@ mod tests {
         });
         let tid = rx.recv().unwrap();
         std::thread::sleep(std::time::Duration::from_millis(50));
-        let sample = crate::stack::sample(tid, false).unwrap();
+        let sample = crate::sample(tid, false).unwrap();
         assert_eq!(sorter.join().unwrap(), [1, 2, 3]);
         assert!(sample.complete);
         let text = symbolize(&sample.frames, true).unwrap().text;

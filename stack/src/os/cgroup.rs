@@ -8,32 +8,32 @@ use std::path::{Path, PathBuf};
 /// How often the process's cgroup is looked up again, with its limits: the
 /// process may be moved, a limit changed (the counters are read at each
 /// look).
-pub(crate) const DISCOVER_EVERY_NS: u64 = 10_000_000_000;
+pub const DISCOVER_EVERY_NS: u64 = 10_000_000_000;
 
 /// CPU throttling counters of a cgroup, cumulative.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct CpuStat {
+pub struct CpuStat {
     /// Enforcement periods that elapsed with the cgroup runnable.
-    pub(crate) periods: u64,
+    pub periods: u64,
     /// Periods in which the cgroup used up its quota.
-    pub(crate) throttled_periods: u64,
+    pub throttled_periods: u64,
     /// Time its threads were held back, in ns.
-    pub(crate) throttled_ns: u64,
+    pub throttled_ns: u64,
 }
 
 /// What is read about the process's cgroup at one instant.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct CgroupStats {
+pub struct CgroupStats {
     /// The CPU limit in cores (quota / period), where one is set.
-    pub(crate) cpu_limit_cores: Option<f64>,
+    pub cpu_limit_cores: Option<f64>,
     /// Throttling of the cgroup that carries the limit (or of the
     /// process's own cgroup without one).
-    pub(crate) cpu: Option<CpuStat>,
+    pub cpu: Option<CpuStat>,
     /// The memory limit in bytes, where one is set.
-    pub(crate) memory_limit_bytes: Option<u64>,
+    pub memory_limit_bytes: Option<u64>,
     /// Memory in use that cannot be dropped on demand: use minus inactive
     /// file pages (what the OOM killer and the kubelet go by).
-    pub(crate) memory_working_set_bytes: Option<u64>,
+    pub memory_working_set_bytes: Option<u64>,
 }
 
 /// The directories of the process's cgroup for the CPU and memory
@@ -41,7 +41,7 @@ pub(crate) struct CgroupStats {
 /// read when it was discovered (limits change rarely; the counters are read
 /// at each look).
 #[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Cgroup {
+pub struct Cgroup {
     /// The CPU controller's directories, the process's own first, then its
     /// ancestors up to the mount's root (a limit may be set on any).
     cpu: Vec<PathBuf>,
@@ -140,7 +140,7 @@ fn dirs(root: &str, point: &Path, path: &str) -> Vec<PathBuf> {
 impl Cgroup {
     /// Finds the process's cgroup from the text of `/proc/self/cgroup` and
     /// `/proc/self/mountinfo`.
-    pub(crate) fn parse(cgroup: &str, mountinfo: &str) -> Cgroup {
+    pub fn parse(cgroup: &str, mountinfo: &str) -> Cgroup {
         let mounts = mounts(mountinfo);
         let mut found = Cgroup::default();
         let mut v2_path = None;
@@ -196,7 +196,7 @@ impl Cgroup {
     }
 
     /// The process's cgroup now (empty off Linux, or without cgroups).
-    pub(crate) fn discover() -> Cgroup {
+    pub fn discover() -> Cgroup {
         let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut found = Cgroup::parse(&cgroup, &mountinfo);
@@ -256,7 +256,7 @@ impl Cgroup {
 
     /// The CPU limit (the tightest on the way up) and the throttling of
     /// the cgroup that sets it; the process's own cgroup's without a limit.
-    pub(crate) fn cpu(&self) -> (Option<f64>, Option<CpuStat>) {
+    pub fn cpu(&self) -> (Option<f64>, Option<CpuStat>) {
         match self.cpu_limit {
             Some((limit, i)) => (Some(limit), self.cpu.get(i).and_then(|d| self.cpu_stat(d))),
             None => (None, self.cpu.first().and_then(|d| self.cpu_stat(d))),
@@ -264,13 +264,13 @@ impl Cgroup {
     }
 
     /// The throttling counters of the cgroup [`cpu`](Self::cpu) reads.
-    pub(crate) fn throttling(&self) -> Option<CpuStat> {
+    pub fn throttling(&self) -> Option<CpuStat> {
         self.cpu().1
     }
 
     /// The memory limit (the tightest on the way up) and the working set of
     /// the process's own cgroup.
-    pub(crate) fn memory(&self) -> (Option<u64>, Option<u64>) {
+    pub fn memory(&self) -> (Option<u64>, Option<u64>) {
         let limit = self.memory_limit;
         let own = self.memory.first();
         let working_set = own.and_then(|d| {
@@ -291,7 +291,7 @@ impl Cgroup {
     }
 
     /// Everything at once.
-    pub(crate) fn stats(&self) -> CgroupStats {
+    pub fn stats(&self) -> CgroupStats {
         let (cpu_limit_cores, cpu) = self.cpu();
         let (memory_limit_bytes, memory_working_set_bytes) = self.memory();
         CgroupStats {
@@ -308,7 +308,7 @@ fn read_number<T: std::str::FromStr>(path: &Path) -> Option<T> {
 }
 
 /// Parses `cpu.stat`: v2 gives `throttled_usec`, v1 `throttled_time` (ns).
-pub(crate) fn parse_cpu_stat(text: &str, v2: bool) -> Option<CpuStat> {
+pub fn parse_cpu_stat(text: &str, v2: bool) -> Option<CpuStat> {
     let field = |name: &str| {
         text.lines().find_map(|l| {
             let (k, v) = l.split_once(' ')?;
@@ -329,7 +329,7 @@ pub(crate) fn parse_cpu_stat(text: &str, v2: bool) -> Option<CpuStat> {
 
 /// The machine's steal time so far, in ns (all CPUs together): time the
 /// hypervisor ran something else while a virtual CPU had work.
-pub(crate) fn steal_ns() -> Option<u64> {
+pub fn steal_ns() -> Option<u64> {
     #[cfg(target_os = "linux")]
     {
         use std::sync::OnceLock;

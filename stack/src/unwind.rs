@@ -120,13 +120,13 @@ const STEP_BUDGET: usize = 2048;
 /// copied from.
 pub(crate) struct Tables {
     /// Where the object's code is mapped.
-    pub(crate) text: Range<u64>,
+    pub text: Range<u64>,
     /// `.eh_frame_hdr` and its run-time address.
-    pub(crate) hdr_avma: u64,
-    pub(crate) eh_frame_hdr: Vec<u8>,
+    pub hdr_avma: u64,
+    pub eh_frame_hdr: Vec<u8>,
     /// `.eh_frame` and its run-time address.
-    pub(crate) eh_frame_avma: u64,
-    pub(crate) eh_frame: Vec<u8>,
+    pub eh_frame_avma: u64,
+    pub eh_frame: Vec<u8>,
 }
 
 impl std::fmt::Debug for Tables {
@@ -186,15 +186,15 @@ pub(crate) struct Walk {
     /// function left by a tail call, the address of its jump, and for
     /// functions that may have been left through a jump whose target is not
     /// known, [`UNKNOWN_TAIL_CALLS`].
-    pub(crate) frames: Vec<usize>,
+    pub frames: Vec<usize>,
     /// The stack pointer in each frame (parallel to `frames`).
-    pub(crate) sps: Vec<u64>,
+    pub sps: Vec<u64>,
     /// Which frames stand for functions left by a tail call (indices into
     /// `frames`, ascending).
-    pub(crate) tail_calls: Vec<usize>,
+    pub tail_calls: Vec<usize>,
     /// `None` when the walk reached the thread's first frame; otherwise why
     /// it stopped after the last frame.
-    pub(crate) stop: Option<Stop>,
+    pub stop: Option<Stop>,
 }
 
 /// The address of the frame that marks where functions may have been left

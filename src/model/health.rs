@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{CpuAccount, StallCause};
+use super::cause::{CpuAccount, StallCause};
 
 /// Overall verdict of a [`Health`] snapshot. Ordered by severity:
 /// `Healthy < Degraded < Stalled`.

@@ -84,10 +84,10 @@ struct Attr {
 /// Registers and stack bytes of a thread, as the kernel copied them.
 #[derive(Debug)]
 pub(crate) struct Sampled {
-    pub(crate) ip: u64,
-    pub(crate) sp: u64,
-    pub(crate) bp: u64,
-    pub(crate) stack: Vec<u8>,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    pub stack: Vec<u8>,
 }
 
 /// Closes a file descriptor and unmaps the ring buffer when dropped.
@@ -218,7 +218,7 @@ pub(crate) fn sample(tid: i64, wait: Duration) -> Result<Sampled, NoStack> {
         return Err(NoStack::PerfRefused(errno));
     }
     let began = Instant::now();
-    let cpu_before = on_cpu_ns(tid);
+    let cpu_before = crate::os::thread::times(tid).map(|t| t.on_cpu_ns);
     let record = loop {
         if let Some(record) = first_sample(&event) {
             break Some(record);
@@ -244,7 +244,10 @@ pub(crate) fn sample(tid: i64, wait: Duration) -> Result<Sampled, NoStack> {
             // On a CPU for at least two periods without one sample in its
             // own code: inside the kernel. Less: it mostly waited (a call
             // that wakes now and then), and can be read from outside.
-            let ran = match (cpu_before, on_cpu_ns(tid)) {
+            let ran = match (
+                cpu_before,
+                crate::os::thread::times(tid).map(|t| t.on_cpu_ns),
+            ) {
                 (Some(a), Some(b)) => b.saturating_sub(a) >= 2 * PERIOD_NS,
                 _ => true,
             };
@@ -255,12 +258,6 @@ pub(crate) fn sample(tid: i64, wait: Duration) -> Result<Sampled, NoStack> {
             })
         }
     }
-}
-
-/// The thread's time on a CPU so far (`/proc/self/task/TID/schedstat`).
-fn on_cpu_ns(tid: i64) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/self/task/{tid}/schedstat")).ok()?;
-    text.split_whitespace().next()?.parse().ok()
 }
 
 /// The first sample record in the ring buffer, if one arrived.
@@ -347,7 +344,7 @@ mod tests {
         let spinner = {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                tid_tx.send(crate::stack::current_tid()).unwrap();
+                tid_tx.send(crate::os::thread::current_tid()).unwrap();
                 let mut local = [0u8; 256];
                 let at = std::hint::black_box(local.as_mut_ptr()) as u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -383,7 +380,7 @@ mod tests {
     fn a_sleeping_thread_gives_no_sample_and_is_not_woken() {
         let (tid_tx, tid_rx) = std::sync::mpsc::channel();
         let sleeper = std::thread::spawn(move || {
-            tid_tx.send(crate::stack::current_tid()).unwrap();
+            tid_tx.send(crate::os::thread::current_tid()).unwrap();
             let at = Instant::now();
             std::thread::sleep(Duration::from_millis(600));
             at.elapsed()

@@ -13,7 +13,7 @@
 use std::ffi::CStr;
 
 /// The signature of `__vdso_clock_gettime`.
-pub(super) type Gettime = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> libc::c_int;
+pub type Gettime = unsafe extern "C" fn(libc::clockid_t, *mut libc::timespec) -> libc::c_int;
 
 #[repr(C)]
 struct Ehdr {
@@ -71,7 +71,7 @@ const STT_FUNC: u8 = 2;
 const EM_X86_64: u16 = 62;
 
 /// Finds `__vdso_clock_gettime` in this process's vDSO.
-pub(super) fn clock_gettime() -> Option<Gettime> {
+pub fn clock_gettime() -> Option<Gettime> {
     // SAFETY: `getauxval` has no preconditions.
     let base = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) } as usize;
     if base == 0 {
