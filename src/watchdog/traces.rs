@@ -19,11 +19,8 @@
 //! ([`MAX_TRACES`], each cut at [`MAX_TRACE_BYTES`]).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
-
-use parking_lot::Mutex;
 
 use super::runtimes::RuntimeEntry;
 use crate::board::live;
@@ -60,7 +57,7 @@ pub(crate) struct AwaitTraces {
     last_asked: HashMap<u64, u64>,
     /// The hung tasks wanted at the last tick.
     wanted: HashSet<u64>,
-    /// When [`DUMPING`] is to be cleared (ns; 0: not set).
+    /// When the dumping flag (`board::live::set_dumping`) is to be cleared (ns; 0: not set).
     settle_until: u64,
 }
 
