@@ -306,72 +306,26 @@ impl RuntimeMonitor {
             .iter()
             .filter(|s| s.info.runtime == Some(self.id) && (self.current_thread || s.is_worker))
             .collect();
-        let stuck: Vec<&SlotView> = mine
-            .iter()
-            .copied()
-            .filter(|s| s.poll_start != 0 && age(s.poll_start) >= t.stall_ns)
-            .collect();
-        let progressing = |s: &SlotView| {
-            if s.poll_start != 0 {
-                age(s.poll_start) < t.stall_ns
-            } else {
-                s.last_completed != 0 && age(s.last_completed) < t.stall_ns
-            }
-        };
-
-        // Workers not parked, with when their metrics last moved; the frozen
-        // ones (for the threshold or longer) come first, longest frozen first.
-        // Entries: (worker, changed_at, changed_after).
-        let mut active: Vec<(usize, u64, u64)> = self
+        let looks: Vec<Option<WorkerLook>> = self
             .workers
             .iter()
-            .enumerate()
-            .filter_map(|(i, w)| {
-                let (park_unpark, _, _) = w.last?;
-                (park_unpark % 2 == 0).then_some((i, w.changed_at, w.changed_after))
+            .map(|w| {
+                w.last.map(|(park_unpark, _, _)| WorkerLook {
+                    running: park_unpark % 2 == 0,
+                    changed_at: w.changed_at,
+                    changed_after: w.changed_after,
+                })
             })
             .collect();
-        active.sort_by_key(|&(_, since, _)| since);
-        let is_frozen = |since: u64| age(since) >= t.stall_ns;
-        let frozen_count = active
-            .iter()
-            .filter(|&&(_, since, _)| is_frozen(since))
-            .count();
-
-        // Instrumented stalls, each matched to an unparked worker whose
-        // metrics may have stopped before the poll began (and so stand still
-        // for at least as long as the poll has run); the latest such.
-        let mut stuck_sorted = stuck.clone();
-        stuck_sorted.sort_by_key(|s| s.poll_start);
-        let mut unmatched = active.clone();
-        // Both sides are coarse-clock readings (or a fine stamp, never
-        // lower than the coarse reading of the same instant), so no lag is
-        // guessed: a worker whose look with the old metrics read the clock
-        // above the poll's stamp changed them after the poll began; any
-        // other may have changed them before. (The coarse clock may lag the
-        // fine one by two ticks, and far more on a loaded machine.)
-        for s in &stuck_sorted {
-            let pick = unmatched
-                .iter()
-                .enumerate()
-                .filter(|(_, &(_, _, after))| after <= s.poll_start)
-                .max_by_key(|(_, &(_, _, after))| after)
-                .map(|(idx, _)| idx);
-            let worker = match (pick, self.current_thread) {
-                (Some(idx), _) => Some(unmatched.remove(idx).0),
-                (None, true) => Some(0),
-                // No worker stands still behind this poll: its thread gave
-                // the worker away (`block_in_place`) or is not a worker, so
-                // no worker is stalled.
-                (None, false) => continue,
-            };
+        let judged = judge(&looks, &mine, self.current_thread, t.stall_ns, &age);
+        for &(s, worker) in &judged.instrumented {
             found.push(Candidate {
                 key: StallKey::Poll {
                     slot: s.id,
                     start: s.poll_start,
                 },
                 runtime: self.entry.identity(),
-                worker,
+                worker: Some(worker),
                 since: s.poll_start,
                 task: s.task,
                 thread: s.info.name.clone(),
@@ -379,39 +333,14 @@ impl RuntimeMonitor {
                 unconfirmed: None,
             });
         }
-        unmatched.retain(|&(_, since, _)| is_frozen(since));
-
-        // Uninstrumented stalls.
-        let progressing_count = mine
-            .iter()
-            .filter(|s| !stuck.iter().any(|x| x.id == s.id) && progressing(s))
-            .count();
-        let not_frozen = self.workers.len().saturating_sub(frozen_count);
-        let mut anonymous = frozen_count
-            .saturating_sub(stuck.len())
-            .saturating_sub(progressing_count.saturating_sub(not_frozen));
-
-        // With hooks on every worker, find the threads that could be stuck:
-        // active (not parked) for the whole threshold, not in a stuck
-        // instrumented poll and not seen progressing. They bound the count,
-        // and when they match it, they name the stuck threads.
-        let mut suspects: Vec<&SlotView> = Vec::new();
-        let hooked = mine.iter().filter(|s| s.park != PARK_UNKNOWN).count();
-        if !self.current_thread && hooked >= self.workers.len() {
-            suspects = mine
-                .iter()
-                .copied()
-                .filter(|s| {
-                    s.park == PARK_ACTIVE
-                        && age(s.park_since) >= t.stall_ns
-                        && s.poll_start == 0
-                        && !progressing(s)
-                })
-                .collect();
-            suspects.sort_by_key(|s| s.park_since);
-            anonymous = anonymous.min(suspects.len());
-        }
-        let named = suspects.len() == anonymous;
+        let Judged {
+            frozen: unmatched,
+            mut anonymous,
+            named: suspects,
+            ..
+        } = judged;
+        let named = suspects.is_some();
+        let suspects = suspects.unwrap_or_default();
 
         let mut unconfirmed = None;
         if self.current_thread && anonymous > 0 {
@@ -422,7 +351,7 @@ impl RuntimeMonitor {
             }
         }
 
-        for (n, &(worker, since, _)) in unmatched.iter().take(anonymous).enumerate() {
+        for (n, &(worker, since)) in unmatched.iter().take(anonymous).enumerate() {
             let suspect = if named { suspects.get(n) } else { None };
             let thread = suspect.and_then(|s| s.info.name.clone());
             // The stuck thread: a hooked suspect, or the driver of a current-thread runtime.
@@ -521,7 +450,10 @@ impl RuntimeMonitor {
                     .copied()
                     .filter(|&d| d != 0 && d != self.found_driver)
                     .collect();
-                match super::threads::find_current_thread_driver(symbolizer, &others) {
+                let mut live = super::threads::Live {
+                    symbolizer: &mut *symbolizer,
+                };
+                match super::threads::find_current_thread_driver(&mut live, &others) {
                     Ok(Some(tid)) => {
                         self.found_driver = tid;
                         Driven::Yes
@@ -570,3 +502,163 @@ impl RuntimeMonitor {
         verdict
     }
 }
+
+/// One worker as the last look saw it (tokio publishes its metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WorkerLook {
+    /// Not parked (an even park/unpark count).
+    pub(crate) running: bool,
+    /// When its metrics were first seen as they are now (ns).
+    pub(crate) changed_at: u64,
+    /// The coarse clock as read before the last look that still saw them as
+    /// they were before (ns): they changed after that.
+    pub(crate) changed_after: u64,
+}
+
+/// What one look at a runtime's workers and its threads' poll slots says,
+/// before a current-thread runtime's driver is asked whether it is driven.
+#[derive(Debug)]
+pub(crate) struct Judged<'a> {
+    /// Instrumented polls running for the threshold or longer, each with
+    /// the worker that stands still behind it (a poll with none behind it
+    /// gave its worker away, and is no stall).
+    pub(crate) instrumented: Vec<(&'a SlotView, usize)>,
+    /// Workers not parked whose metrics stood still for the threshold, no
+    /// instrumented poll matched to them, longest first: (worker, since).
+    pub(crate) frozen: Vec<(usize, u64)>,
+    /// How many of `frozen` are stalls: those not explained by threads seen
+    /// completing polls, nor ruled out by the runtime hooks.
+    pub(crate) anonymous: usize,
+    /// With the runtime hooks on every worker, the threads that name those
+    /// stalls, in order, when they are exactly as many.
+    pub(crate) named: Option<Vec<&'a SlotView>>,
+}
+
+/// Decides which workers of a runtime are stalled, from plain inputs: what
+/// tokio published of each worker (`None`: nothing), the poll slots of the
+/// runtime's threads (`mine`), and `age`, the time since a stamp with the
+/// process's pauses taken off. No clock, thread or runtime is read.
+///
+/// - An instrumented poll running for the threshold is a stall of the
+///   latest unparked worker whose metrics may have stopped before it began.
+/// - A worker not parked whose metrics stood still for the threshold is
+///   stuck in one poll, or completing polls too slow to reach tokio's next
+///   publication (every 61 polls): threads seen completing polls within the
+///   threshold explain such workers away; the rest are stalls.
+/// - With the runtime hooks on every worker, only threads active (not
+///   parked) for the whole threshold, in no stuck poll and not progressing,
+///   can be stuck: they bound the count, and name the stalls when they
+///   match it.
+pub(crate) fn judge<'a>(
+    looks: &[Option<WorkerLook>],
+    mine: &[&'a SlotView],
+    current_thread: bool,
+    stall_ns: u64,
+    age: &dyn Fn(u64) -> u64,
+) -> Judged<'a> {
+    let stuck: Vec<&SlotView> = mine
+        .iter()
+        .copied()
+        .filter(|s| s.poll_start != 0 && age(s.poll_start) >= stall_ns)
+        .collect();
+    let progressing = |s: &SlotView| {
+        if s.poll_start != 0 {
+            age(s.poll_start) < stall_ns
+        } else {
+            s.last_completed != 0 && age(s.last_completed) < stall_ns
+        }
+    };
+    // Workers not parked, with when their metrics last moved; the frozen
+    // ones (for the threshold or longer) come first, longest frozen first.
+    // Entries: (worker, changed_at, changed_after).
+    let mut active: Vec<(usize, u64, u64)> = looks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| {
+            let w = (*w)?;
+            w.running.then_some((i, w.changed_at, w.changed_after))
+        })
+        .collect();
+    active.sort_by_key(|&(_, since, _)| since);
+    let is_frozen = |since: u64| age(since) >= stall_ns;
+    let frozen_count = active
+        .iter()
+        .filter(|&&(_, since, _)| is_frozen(since))
+        .count();
+
+    // Instrumented stalls, each matched to an unparked worker whose
+    // metrics may have stopped before the poll began (and so stand still
+    // for at least as long as the poll has run); the latest such.
+    let mut stuck_sorted = stuck.clone();
+    stuck_sorted.sort_by_key(|s| s.poll_start);
+    let mut unmatched = active;
+    // Both sides are coarse-clock readings (or a fine stamp, never
+    // lower than the coarse reading of the same instant), so no lag is
+    // guessed: a worker whose look with the old metrics read the clock
+    // above the poll's stamp changed them after the poll began; any
+    // other may have changed them before. (The coarse clock may lag the
+    // fine one by two ticks, and far more on a loaded machine.)
+    let mut instrumented = Vec::new();
+    for s in &stuck_sorted {
+        let pick = unmatched
+            .iter()
+            .enumerate()
+            .filter(|(_, &(_, _, after))| after <= s.poll_start)
+            .max_by_key(|(_, &(_, _, after))| after)
+            .map(|(idx, _)| idx);
+        let worker = match (pick, current_thread) {
+            (Some(idx), _) => unmatched.remove(idx).0,
+            (None, true) => 0,
+            // No worker stands still behind this poll: its thread gave
+            // the worker away (`block_in_place`) or is not a worker, so
+            // no worker is stalled.
+            (None, false) => continue,
+        };
+        instrumented.push((*s, worker));
+    }
+    unmatched.retain(|&(_, since, _)| is_frozen(since));
+
+    // Uninstrumented stalls.
+    let progressing_count = mine
+        .iter()
+        .filter(|s| !stuck.iter().any(|x| x.id == s.id) && progressing(s))
+        .count();
+    let not_frozen = looks.len().saturating_sub(frozen_count);
+    let mut anonymous = frozen_count
+        .saturating_sub(stuck.len())
+        .saturating_sub(progressing_count.saturating_sub(not_frozen));
+
+    // With hooks on every worker, find the threads that could be stuck:
+    // active (not parked) for the whole threshold, not in a stuck
+    // instrumented poll and not seen progressing. They bound the count,
+    // and when they match it, they name the stuck threads.
+    let mut suspects: Vec<&SlotView> = Vec::new();
+    let hooked = mine.iter().filter(|s| s.park != PARK_UNKNOWN).count();
+    if !current_thread && hooked >= looks.len() {
+        suspects = mine
+            .iter()
+            .copied()
+            .filter(|s| {
+                s.park == PARK_ACTIVE
+                    && age(s.park_since) >= stall_ns
+                    && s.poll_start == 0
+                    && !progressing(s)
+            })
+            .collect();
+        suspects.sort_by_key(|s| s.park_since);
+        anonymous = anonymous.min(suspects.len());
+    }
+    let named = (suspects.len() == anonymous).then_some(suspects);
+    Judged {
+        instrumented,
+        frozen: unmatched
+            .into_iter()
+            .map(|(worker, since, _)| (worker, since))
+            .collect(),
+        anonymous,
+        named,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -157,7 +157,10 @@ impl EvidenceCollector {
                 // again, to be read from outside; one that stays on its CPU
                 // is known stuck, and is sampled by the kernel.
                 let mut patience = super::threads::ON_CPU_PATIENCE;
-                match super::threads::sample_waiting(tid, &mut patience) {
+                let mut live = super::threads::Live {
+                    symbolizer: &mut self.symbolizer,
+                };
+                match super::threads::sample_waiting(&mut live, tid, &mut patience) {
                     Err(stack::NoStack::OnCpu) => stack::sample(tid, true),
                     other => other,
                 }
@@ -247,9 +250,11 @@ impl EvidenceCollector {
             .zip(&pokes)
             .map(|((_, m), poke)| (m.id, &**poke))
             .collect();
-        let symbolizer = &mut self.symbolizer;
+        let mut live = super::threads::Live {
+            symbolizer: &mut self.symbolizer,
+        };
         let results =
-            super::threads::find_stuck_workers(symbolizer, &slot::snapshot(), &taken, &requests);
+            super::threads::find_stuck_workers(&mut live, &slot::snapshot(), &taken, &requests);
         for ((key, _), result) in wanted.iter().zip(results) {
             if let Ok((tid, name, _)) = &result {
                 self.remember(*key, *tid, name.clone());

@@ -18,8 +18,85 @@
 
 use std::time::Duration;
 
+use tokio::runtime::Id;
+
 use crate::board::slot::SlotView;
-use crate::stack::{self, NoStack, Sample, Symbolizer};
+use crate::stack::{self, NoStack, Role, Sample, Symbolizer};
+
+/// What a search reads of the process's threads. The decisions (which
+/// thread is stuck, which drives a runtime) are made over what this gives,
+/// so that they are tested over scripted answers ([`Live`] asks the kernel
+/// and the stack reader).
+pub(crate) trait ThreadSource {
+    /// The process's threads, but loopwatch's own and the main thread
+    /// ([`process_threads`]).
+    fn threads(&mut self) -> Vec<ProcessThread>;
+    /// The main thread's id.
+    fn main_thread(&self) -> i64;
+    /// Thread `tid`'s stack ([`stack::sample`]).
+    fn sample(&mut self, tid: i64, may_sample: bool) -> Result<Sample, NoStack>;
+    /// What a stack says its thread is doing ([`stack::role`]); `None`
+    /// when the executable has no names.
+    fn role(&mut self, sample: &Sample) -> Option<Role>;
+    /// The thread's voluntary context switches so far.
+    fn voluntary_switches(&mut self, tid: i64) -> Option<u64>;
+    /// Whether the thread is on a CPU now.
+    fn on_cpu(&mut self, tid: i64) -> Option<bool>;
+    /// Wakes the heartbeat tasks of `wanted`, waits [`SETTLE`], and says
+    /// which thread completed an instrumented poll last when (each slot's
+    /// thread and the end of its last poll).
+    fn settle(&mut self, wanted: &[(Id, &dyn Fn())]) -> Vec<(i64, u64)>;
+    /// Waits `d` before a thread caught on a CPU is looked at again.
+    fn pause(&mut self, d: Duration);
+}
+
+/// The process's threads as the kernel shows them, read with the stack
+/// reader; names resolved with `symbolizer`.
+#[derive(Debug)]
+pub(crate) struct Live<'a> {
+    pub(crate) symbolizer: &'a mut Symbolizer,
+}
+
+impl ThreadSource for Live<'_> {
+    fn threads(&mut self) -> Vec<ProcessThread> {
+        process_threads()
+    }
+
+    fn main_thread(&self) -> i64 {
+        i64::from(std::process::id())
+    }
+
+    fn sample(&mut self, tid: i64, may_sample: bool) -> Result<Sample, NoStack> {
+        stack::sample(tid, may_sample)
+    }
+
+    fn role(&mut self, sample: &Sample) -> Option<Role> {
+        stack::role(self.symbolizer, &sample.frames)
+    }
+
+    fn voluntary_switches(&mut self, tid: i64) -> Option<u64> {
+        stack::voluntary_switches(tid)
+    }
+
+    fn on_cpu(&mut self, tid: i64) -> Option<bool> {
+        stack::on_cpu(tid)
+    }
+
+    fn settle(&mut self, wanted: &[(Id, &dyn Fn())]) -> Vec<(i64, u64)> {
+        for (_, poke) in wanted {
+            poke();
+        }
+        std::thread::sleep(SETTLE);
+        crate::board::slot::snapshot()
+            .iter()
+            .map(|s| (s.info.os_tid, s.last_completed))
+            .collect()
+    }
+
+    fn pause(&mut self, d: Duration) {
+        std::thread::sleep(d);
+    }
+}
 
 /// How long apart a candidate's stack is read twice.
 pub(crate) const SETTLE: Duration = Duration::from_millis(50);
@@ -96,15 +173,19 @@ pub(crate) const ON_CPU_PATIENCE: Duration = Duration::from_millis(20);
 /// Reads thread `tid`'s stack from outside; one caught on a CPU is looked at
 /// again a few times, a millisecond apart, while `patience` lasts: a thread
 /// that just woke is soon back in the kernel, a busy one stays on its CPU.
-pub(crate) fn sample_waiting(tid: i64, patience: &mut Duration) -> Result<Sample, NoStack> {
+pub(crate) fn sample_waiting<S: ThreadSource>(
+    source: &mut S,
+    tid: i64,
+    patience: &mut Duration,
+) -> Result<Sample, NoStack> {
     const STEP: Duration = Duration::from_millis(1);
     let mut tries = 0;
     loop {
-        match stack::sample(tid, false) {
+        match source.sample(tid, false) {
             Err(NoStack::OnCpu) if tries < 5 && *patience >= STEP => {
                 tries += 1;
                 *patience -= STEP;
-                std::thread::sleep(STEP);
+                source.pause(STEP);
             }
             other => return other,
         }
@@ -148,7 +229,7 @@ struct Seen {
     tid: i64,
     name: Option<String>,
     /// The runtime whose worker it is known to be (`None`: not known).
-    known: Option<tokio::runtime::Id>,
+    known: Option<Id>,
     /// What its stack says (`None`: on a CPU, not read).
     part: Option<Part>,
     /// Voluntary context switches at the first look.
@@ -178,8 +259,11 @@ enum Part {
 /// The part of a thread's stack that says it is stuck in a task's poll, or
 /// may be (see [`Part`]); `None` when it says otherwise (parked, another
 /// kind of thread).
-fn polling_part(symbolizer: &mut Symbolizer, sample: &Sample) -> Result<Option<Part>, NotFound> {
-    let role = stack::role(symbolizer, &sample.frames).ok_or(NotFound::Because(
+fn polling_part<S: ThreadSource>(
+    source: &mut S,
+    sample: &Sample,
+) -> Result<Option<Part>, NotFound> {
+    let role = source.role(sample).ok_or(NotFound::Because(
         "the executable has no symbol table to tell tokio's frames by",
     ))?;
     if let Some(at) = role.polling {
@@ -224,18 +308,18 @@ pub(crate) type Found = Result<(i64, Option<String>, Option<Sample>), NotFound>;
 /// Threads known to be a runtime's workers are that runtime's; a thread not
 /// known to loopwatch is given to a stall only when it is the one such
 /// candidate left of its rank.
-pub(crate) fn find_stuck_workers(
-    symbolizer: &mut Symbolizer,
+pub(crate) fn find_stuck_workers<S: ThreadSource>(
+    source: &mut S,
     slots: &[SlotView],
     taken: &[i64],
-    wanted: &[(tokio::runtime::Id, &dyn Fn())],
+    wanted: &[(Id, &dyn Fn())],
 ) -> Vec<Found> {
-    let ids: Vec<tokio::runtime::Id> = wanted.iter().map(|(id, _)| *id).collect();
+    let ids: Vec<Id> = wanted.iter().map(|(id, _)| *id).collect();
     // A thread whose slot was taken inside one of these runtimes (the
     // heartbeat or an instrumented call ran on it, or the runtime's hooks
     // registered it) is that runtime's; whether it is a worker its stack
     // says.
-    let known: Vec<(i64, Option<String>, Option<tokio::runtime::Id>, u64)> = slots
+    let known: Vec<(i64, Option<String>, Option<Id>, u64)> = slots
         .iter()
         .filter(|s| s.poll_start == 0 && s.info.os_tid != 0)
         .filter(|s| s.info.runtime.is_some_and(|r| ids.contains(&r)))
@@ -262,7 +346,8 @@ pub(crate) fn find_stuck_workers(
         .filter_map(|s| s.info.name.as_deref().map(comm))
         .chain(std::iter::once(comm("tokio-runtime-worker")))
         .collect();
-    let mut unknown: Vec<ProcessThread> = process_threads()
+    let mut unknown: Vec<ProcessThread> = source
+        .threads()
         .into_iter()
         .filter(|t| !elsewhere.contains(&t.tid) && !taken.contains(&t.tid))
         .collect();
@@ -278,13 +363,13 @@ pub(crate) fn find_stuck_workers(
     let mut samples_left = MAX_ON_CPU_SAMPLES;
     let mut first = Vec::new();
     // Why a known worker could not be read, by runtime.
-    let mut unreadable: Vec<(Option<tokio::runtime::Id>, NotFound)> = Vec::new();
+    let mut unreadable: Vec<(Option<Id>, NotFound)> = Vec::new();
     // Why a thread on a CPU, named as workers are but not known to be one,
     // could not be sampled: the reason given when nothing is found, but no
     // bar to picking a known worker (it may be no worker of these runtimes).
     let mut unsampled: Option<NotFound> = None;
     for (tid, name, known, completed) in known.into_iter().chain(unknown) {
-        let switches = stack::voluntary_switches(tid);
+        let switches = source.voluntary_switches(tid);
         let worker_named = name.as_ref().is_some_and(|n| worker_names.contains(n));
         let seen = |part, on_cpu| Seen {
             tid,
@@ -295,12 +380,12 @@ pub(crate) fn find_stuck_workers(
             on_cpu,
             completed,
         };
-        let mut sample = sample_waiting(tid, &mut patience);
+        let mut sample = sample_waiting(source, tid, &mut patience);
         let mut on_cpu = false;
         if sample == Err(NoStack::OnCpu) && samples_left > 0 && (known.is_some() || worker_named) {
             samples_left -= 1;
             on_cpu = true;
-            sample = match stack::sample(tid, true) {
+            sample = match source.sample(tid, true) {
                 Ok(s) => Ok(s),
                 // Not sampled (perf_event_open refused, inside the kernel):
                 // known workers are still candidates, by their state alone.
@@ -315,7 +400,7 @@ pub(crate) fn find_stuck_workers(
             };
         }
         match sample {
-            Ok(sample) => match polling_part(symbolizer, &sample) {
+            Ok(sample) => match polling_part(source, &sample) {
                 Ok(Some(part @ Part::Polling(_))) => first.push(seen(Some(part), on_cpu)),
                 // A walk that stopped early is looked at again only for a
                 // thread that may be one of these runtimes' workers.
@@ -341,14 +426,7 @@ pub(crate) fn find_stuck_workers(
     }
     let mut stuck: Vec<(u8, Seen, Option<Sample>)> = Vec::new();
     if !first.is_empty() {
-        for (_, poke) in wanted {
-            poke();
-        }
-        std::thread::sleep(SETTLE);
-        let progressed: Vec<(i64, u64)> = crate::board::slot::snapshot()
-            .iter()
-            .map(|s| (s.info.os_tid, s.last_completed))
-            .collect();
+        let progressed = source.settle(wanted);
         for seen in first {
             // It completed an instrumented poll meanwhile (the heartbeat,
             // maybe on a thread not known before): not stuck.
@@ -359,17 +437,17 @@ pub(crate) fn find_stuck_workers(
                 continue;
             }
             let quiet =
-                seen.switches.is_some() && stack::voluntary_switches(seen.tid) == seen.switches;
+                seen.switches.is_some() && source.voluntary_switches(seen.tid) == seen.switches;
             match &seen.part {
                 Some(part) => {
-                    let again = match sample_waiting(seen.tid, &mut patience) {
-                        Err(NoStack::OnCpu) if seen.on_cpu => stack::sample(seen.tid, true),
+                    let again = match sample_waiting(source, seen.tid, &mut patience) {
+                        Err(NoStack::OnCpu) if seen.on_cpu => source.sample(seen.tid, true),
                         other => other,
                     };
                     let Ok(again) = again else {
                         continue;
                     };
-                    if polling_part(symbolizer, &again).ok().flatten().as_ref() == Some(part) {
+                    if polling_part(source, &again).ok().flatten().as_ref() == Some(part) {
                         // 0: waiting in one call; 1: gave up its CPU
                         // meanwhile; 2: on a CPU inside the same poll; the
                         // same after a walk that stopped early (3 to 5).
@@ -386,7 +464,7 @@ pub(crate) fn find_stuck_workers(
                     }
                 }
                 None => {
-                    if quiet && stack::on_cpu(seen.tid) == Some(true) {
+                    if quiet && source.on_cpu(seen.tid) == Some(true) {
                         stuck.push((UNSAMPLED, seen, None));
                     }
                 }
@@ -417,7 +495,7 @@ pub(crate) fn find_stuck_workers(
 /// a thread on a CPU only when nothing could not be read (`unreadable`).
 fn pick(
     stuck: &mut Vec<(u8, Seen, Option<Sample>)>,
-    id: tokio::runtime::Id,
+    id: Id,
     unreadable: Option<NotFound>,
 ) -> Found {
     let mine = |seen: &Seen| seen.known == Some(id) || seen.known.is_none();
@@ -451,16 +529,16 @@ fn pick(
 /// Finds the thread that drives a current-thread runtime whose heartbeat
 /// never ran: the one thread inside tokio's current-thread scheduler and
 /// not known to drive another runtime (`others`). `Ok(None)`: no thread is.
-pub(crate) fn find_current_thread_driver(
-    symbolizer: &mut Symbolizer,
+pub(crate) fn find_current_thread_driver<S: ThreadSource>(
+    source: &mut S,
     others: &[i64],
 ) -> Result<Option<i64>, NotFound> {
     let mut found = Vec::new();
     let mut unreadable = None;
-    let pid = i64::from(std::process::id());
+    let pid = source.main_thread();
     // The main thread first: it is where `block_on` is most often called.
     let threads: Vec<i64> = std::iter::once(pid)
-        .chain(process_threads().into_iter().map(|t| t.tid))
+        .chain(source.threads().into_iter().map(|t| t.tid))
         .filter(|t| !others.contains(t))
         .take(MAX_UNKNOWN)
         .collect();
@@ -470,9 +548,9 @@ pub(crate) fn find_current_thread_driver(
     // for the thread to run its own code.
     let mut on_cpu = Vec::new();
     for &tid in &threads {
-        match stack::sample(tid, false) {
+        match source.sample(tid, false) {
             Err(NoStack::OnCpu) => on_cpu.push(tid),
-            result => classify_driver(symbolizer, tid, result, &mut found, &mut unreadable)?,
+            result => classify_driver(source, tid, result, &mut found, &mut unreadable)?,
         }
     }
     if found.is_empty() {
@@ -483,8 +561,8 @@ pub(crate) fn find_current_thread_driver(
                 ));
                 break;
             }
-            let result = stack::sample(tid, true);
-            classify_driver(symbolizer, tid, result, &mut found, &mut unreadable)?;
+            let result = source.sample(tid, true);
+            classify_driver(source, tid, result, &mut found, &mut unreadable)?;
         }
     }
     match (found.as_slice(), unreadable) {
@@ -499,15 +577,15 @@ pub(crate) fn find_current_thread_driver(
 
 /// Notes what one thread's stack says in the search for a current-thread
 /// runtime's driver; `Err` when no thread can be told (no symbol table).
-fn classify_driver(
-    symbolizer: &mut Symbolizer,
+fn classify_driver<S: ThreadSource>(
+    source: &mut S,
     tid: i64,
     result: Result<Sample, NoStack>,
     found: &mut Vec<i64>,
     unreadable: &mut Option<NotFound>,
 ) -> Result<(), NotFound> {
     match result {
-        Ok(sample) => match stack::role(symbolizer, &sample.frames) {
+        Ok(sample) => match source.role(&sample) {
             Some(role) if role.current_thread => found.push(tid),
             Some(_) if !sample.complete => {
                 *unreadable = Some(NotFound::Because(
@@ -531,3 +609,6 @@ fn classify_driver(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;

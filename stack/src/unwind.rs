@@ -901,3 +901,6 @@ impl<'a> Unwinder<'a> {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod prop;
