@@ -185,3 +185,429 @@ pub const ALL: &[&str] = &[
     PROCESS_THREADS,
     PROCESS_START_TIME_SECONDS,
 ];
+
+/// What kind of series a family is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+impl Kind {
+    /// The word of the text format's `# TYPE` line.
+    #[allow(dead_code)]
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// Who records a family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RecordedBy {
+    /// The watchdog (and the exporter's dropped connections), through the
+    /// `metrics` facade, in counts.
+    Facade,
+    /// The same, in seconds.
+    FacadeSeconds,
+    /// Rendered by the exporter itself (histograms aggregated where they are
+    /// recorded, the runtime, process and cgroup figures).
+    Exporter,
+}
+
+/// One family of series: everything said about it, in one place, for
+/// describing it to the recorder and for rendering it.
+#[derive(Debug)]
+pub(crate) struct Family {
+    pub(crate) name: &'static str,
+    pub(crate) kind: Kind,
+    pub(crate) help: &'static str,
+    #[allow(dead_code)]
+    pub(crate) labels: &'static [&'static str],
+    pub(crate) recorded_by: RecordedBy,
+}
+
+/// Every family, in the order of [`ALL`].
+pub(crate) const FAMILIES: &[Family] = &[
+    Family {
+        name: STALLS_TOTAL,
+        kind: Kind::Counter,
+        help: "Stalls flagged: a worker stuck in one poll for the stall threshold or longer.",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: STALLED_WORKERS,
+        kind: Kind::Gauge,
+        help: "Workers stalled now.",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: STALL_DURATION_SECONDS,
+        kind: Kind::Histogram,
+        help: "Length of each stall, observed when it ends.",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: HEARTBEAT_LAG_SECONDS,
+        kind: Kind::Histogram,
+        help: "How late the runtime's heartbeat task ran (scheduling delay).",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: HEARTBEAT_TIMESTAMP_SECONDS,
+        kind: Kind::Gauge,
+        help: "Unix time of the runtime's last heartbeat.",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::FacadeSeconds,
+    },
+    Family {
+        name: REPORTS_SUPPRESSED_TOTAL,
+        kind: Kind::Counter,
+        help: "Stall reports held back by the per-minute rate limit.",
+        labels: &[],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: CPU_BOUND_STALLS_TOTAL,
+        kind: Kind::Counter,
+        help: "Stalls whose stuck thread was on a CPU when first reported (a CPU hog, not a blocking call).",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: STALLS_BY_CAUSE_TOTAL,
+        kind: Kind::Counter,
+        help: "Stalls by why the worker is stuck, at their first report: blocked (waiting in the kernel), busy (on a CPU), starved (runnable, waiting for a CPU: the CPU limit, other load, steal), unknown.",
+        labels: &["runtime", "cause"],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: PROCESS_PAUSES_TOTAL,
+        kind: Kind::Counter,
+        help: "Pauses of the whole process (SIGSTOP, a frozen cgroup, a paused VM), never counted as stalls.",
+        labels: &[],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: PROCESS_PAUSED_SECONDS_TOTAL,
+        kind: Kind::Counter,
+        help: "Time the whole process was paused.",
+        labels: &[],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: CGROUP_CPU_LIMIT_CORES,
+        kind: Kind::Gauge,
+        help: "CPU limit of the process's cgroup in cores (quota / period).",
+        labels: &[],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: CGROUP_CPU_PERIODS_TOTAL,
+        kind: Kind::Counter,
+        help: "Enforcement periods of the cgroup's CPU limit.",
+        labels: &[],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: CGROUP_CPU_THROTTLED_PERIODS_TOTAL,
+        kind: Kind::Counter,
+        help: "Periods in which the cgroup's CPU limit held its threads back.",
+        labels: &[],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: CGROUP_CPU_THROTTLED_SECONDS_TOTAL,
+        kind: Kind::Counter,
+        help: "Time the cgroup's CPU limit held its threads back.",
+        labels: &[],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: CGROUP_MEMORY_LIMIT_BYTES,
+        kind: Kind::Gauge,
+        help: "Memory limit of the process's cgroup.",
+        labels: &[],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: CGROUP_MEMORY_WORKING_SET_BYTES,
+        kind: Kind::Gauge,
+        help: "Memory of the cgroup in use that cannot be dropped on demand (use minus inactive file pages).",
+        labels: &[],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: CALLBACK_PANICS_TOTAL,
+        kind: Kind::Counter,
+        help: "Panics caught in the on_stall callback.",
+        labels: &[],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: CALLBACK_REPORTS_DROPPED_TOTAL,
+        kind: Kind::Counter,
+        help: "Stall reports not given to the on_stall callback because it was too far behind.",
+        labels: &[],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: EXPORTER_CONNECTIONS_DROPPED_TOTAL,
+        kind: Kind::Counter,
+        help: "Connections the exporter closed without an answer: reason=evicted (the oldest without a request, to make room), full (no room), timeout (no whole request in time).",
+        labels: &["reason"],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: TASKS_SPAWNED_TOTAL,
+        kind: Kind::Counter,
+        help: "Tasks spawned through loopwatch.",
+        labels: &["task"],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: TASKS_COMPLETED_TOTAL,
+        kind: Kind::Counter,
+        help: "Tasks that completed (Ok for fallible tasks).",
+        labels: &["task"],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: TASKS_FAILED_TOTAL,
+        kind: Kind::Counter,
+        help: "Tasks that failed: returned Err (reason=error) or panicked (reason=panic).",
+        labels: &["task", "reason"],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: TASKS_CANCELLED_TOTAL,
+        kind: Kind::Counter,
+        help: "Tasks dropped or aborted before completing.",
+        labels: &["task"],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: TASKS_ALIVE,
+        kind: Kind::Gauge,
+        help: "Tasks spawned and not ended.",
+        labels: &["task"],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: TASKS_HUNG,
+        kind: Kind::Gauge,
+        help: "Alive tasks not polled for the hung-task threshold.",
+        labels: &["task"],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: SLOW_POLLS_TOTAL,
+        kind: Kind::Counter,
+        help: "Polls that took the blocking threshold or longer.",
+        labels: &["task"],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: POLL_DURATION_SECONDS,
+        kind: Kind::Histogram,
+        help: "Poll durations of instrumented tasks.",
+        labels: &["task"],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: CALLS_TOTAL,
+        kind: Kind::Counter,
+        help: "Instrumented calls, by outcome.",
+        labels: &["call", "outcome"],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: BLOCKING_CALLS_TOTAL,
+        kind: Kind::Counter,
+        help: "Sync calls that ran the blocking threshold or longer on an async worker thread.",
+        labels: &["call"],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: SLOW_CALLS_TOTAL,
+        kind: Kind::Counter,
+        help: "Calls that took the slow-call threshold or longer.",
+        labels: &["call"],
+        recorded_by: RecordedBy::Facade,
+    },
+    Family {
+        name: CALL_DURATION_SECONDS,
+        kind: Kind::Histogram,
+        help: "Durations of instrumented calls.",
+        labels: &["call"],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: RUNTIME_WORKERS,
+        kind: Kind::Gauge,
+        help: "Worker threads of the runtime.",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: RUNTIME_ALIVE_TASKS,
+        kind: Kind::Gauge,
+        help: "Tasks alive in the runtime.",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: RUNTIME_GLOBAL_QUEUE_DEPTH,
+        kind: Kind::Gauge,
+        help: "Tasks waiting in the runtime's global queue.",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: RUNTIME_BUSY_SECONDS_TOTAL,
+        kind: Kind::Counter,
+        help: "Time the runtime's workers spent busy, summed over workers.",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: RUNTIME_PARKS_TOTAL,
+        kind: Kind::Counter,
+        help: "Times the runtime's workers parked, summed over workers.",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: RUNTIME_POLLS_TOTAL,
+        kind: Kind::Counter,
+        help: "Task polls, summed over workers (tokio_unstable; published by tokio at park and every 61 polls).",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: RUNTIME_STEALS_TOTAL,
+        kind: Kind::Counter,
+        help: "Tasks stolen between workers (tokio_unstable).",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: RUNTIME_OVERFLOWS_TOTAL,
+        kind: Kind::Counter,
+        help: "Times a worker's local queue overflowed (tokio_unstable).",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: RUNTIME_SPAWNED_TASKS_TOTAL,
+        kind: Kind::Counter,
+        help: "Tasks spawned on the runtime (tokio_unstable).",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: RUNTIME_BUDGET_FORCED_YIELDS_TOTAL,
+        kind: Kind::Counter,
+        help: "Times tasks were forced to yield by the coop budget (tokio_unstable).",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: RUNTIME_BLOCKING_THREADS,
+        kind: Kind::Gauge,
+        help: "Threads of the runtime's blocking pool (tokio_unstable).",
+        labels: &["runtime"],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: PROCESS_CPU_SECONDS_TOTAL,
+        kind: Kind::Counter,
+        help: "Total user and system CPU time spent in seconds.",
+        labels: &[],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: PROCESS_RESIDENT_MEMORY_BYTES,
+        kind: Kind::Gauge,
+        help: "Resident memory size in bytes.",
+        labels: &[],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: PROCESS_VIRTUAL_MEMORY_BYTES,
+        kind: Kind::Gauge,
+        help: "Virtual memory size in bytes.",
+        labels: &[],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: PROCESS_OPEN_FDS,
+        kind: Kind::Gauge,
+        help: "Number of open file descriptors.",
+        labels: &[],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: PROCESS_MAX_FDS,
+        kind: Kind::Gauge,
+        help: "Maximum number of open file descriptors.",
+        labels: &[],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: PROCESS_THREADS,
+        kind: Kind::Gauge,
+        help: "Number of OS threads in the process.",
+        labels: &[],
+        recorded_by: RecordedBy::Exporter,
+    },
+    Family {
+        name: PROCESS_START_TIME_SECONDS,
+        kind: Kind::Gauge,
+        help: "Start time of the process since unix epoch in seconds.",
+        labels: &[],
+        recorded_by: RecordedBy::Exporter,
+    },
+];
+
+/// The family named `name` (one of [`ALL`]).
+#[allow(dead_code)]
+pub(crate) fn family(name: &str) -> &'static Family {
+    FAMILIES
+        .iter()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| unreachable!("{name} is in FAMILIES"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_has_one_family_in_the_same_order() {
+        let names: Vec<&str> = FAMILIES.iter().map(|f| f.name).collect();
+        assert_eq!(names, ALL);
+        for f in FAMILIES {
+            assert!(!f.help.is_empty(), "{}", f.name);
+            assert_eq!(
+                f.name.ends_with("_total"),
+                f.kind == Kind::Counter,
+                "{}: counters, and only they, end in _total",
+                f.name
+            );
+            assert!(
+                !f.help.contains('\n') && !f.help.contains('\\'),
+                "{}: a help text is one line",
+                f.name
+            );
+        }
+    }
+}

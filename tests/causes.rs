@@ -316,6 +316,7 @@ fn a_cpu_bound_poll_in_a_cgroup_with_a_cpu_limit_is_starved_with_its_throttling(
         Ok(cg) => cg,
         Err(why) => {
             assert!(
+                // SAFETY: geteuid has no preconditions.
                 std::env::var_os("CI").is_none() || unsafe { libc::geteuid() } != 0,
                 "CI runs as root and must be able to make a cgroup: {why}"
             );
@@ -483,6 +484,7 @@ fn a_frozen_cgroup_is_no_stall_and_health_says_how_long_it_was() {
         Ok(f) => f,
         Err(why) => {
             assert!(
+                // SAFETY: geteuid has no preconditions.
                 std::env::var_os("CI").is_none() || unsafe { libc::geteuid() } != 0,
                 "CI runs as root and must be able to make a freezer cgroup: {why}"
             );

@@ -9,6 +9,8 @@ use std::time::Duration;
 use common::{current_thread, multi_thread, serial, spin, start, wait_until};
 use loopwatch::WatchExt as _;
 
+/// The stall threshold. A report is due while its stall lasts, so most
+/// blocks here last 3 s: 2 s for the evidence on a loaded 2-core machine.
 const STALL: Duration = Duration::from_secs(1);
 const CHECK: Duration = Duration::from_millis(50);
 
@@ -107,7 +109,7 @@ fn a_spinning_worker_is_labelled_on_cpu() {
     watchdog.watch_runtime("ev-spin", rt.handle()).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let task = rt.spawn(
-        async { evidence_spins_in_this_function(Duration::from_millis(1800)) }.watched("ev.spin"),
+        async { evidence_spins_in_this_function(Duration::from_millis(3000)) }.watched("ev.spin"),
     );
     let (_, first) = reports
         .wait_first("ev-spin", Duration::from_secs(4))
@@ -128,7 +130,7 @@ fn an_uninstrumented_stall_on_a_hooked_runtime_has_its_stack() {
     let rt = builder.build().unwrap();
     watchdog.watch_runtime("ev-hooked", rt.handle()).unwrap();
     std::thread::sleep(Duration::from_millis(200));
-    let task = rt.spawn(async { evidence_sleeps_in_this_function(Duration::from_millis(1800)) });
+    let task = rt.spawn(async { evidence_sleeps_in_this_function(Duration::from_millis(3000)) });
     let (_, first) = reports
         .wait_first("ev-hooked", Duration::from_secs(4))
         .expect("reported");
@@ -152,7 +154,7 @@ fn a_current_thread_stall_has_its_stack() {
     watchdog.watch_runtime("ev-ct", rt.handle()).unwrap();
     rt.block_on(async {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        tokio::spawn(async { evidence_sleeps_in_this_function(Duration::from_millis(1800)) })
+        tokio::spawn(async { evidence_sleeps_in_this_function(Duration::from_millis(3000)) })
             .await
             .unwrap();
     });
@@ -175,7 +177,7 @@ fn a_handle_only_runtime_finds_its_stuck_worker_from_the_start() {
     // blocked at once: the heartbeat has visited no worker yet.
     let rt = multi_thread(2);
     watchdog.watch_runtime("ev-handle", rt.handle()).unwrap();
-    let task = rt.spawn(async { evidence_sleeps_in_this_function(Duration::from_millis(1800)) });
+    let task = rt.spawn(async { evidence_sleeps_in_this_function(Duration::from_millis(3000)) });
     let (_, first) = reports
         .wait_first("ev-handle", Duration::from_secs(4))
         .expect("reported");
@@ -263,7 +265,7 @@ fn a_current_thread_runtime_stuck_in_its_first_poll_is_reported_with_its_stack()
     // among the process's threads.
     let rt = current_thread();
     watchdog.watch_runtime("ev-ct-first", rt.handle()).unwrap();
-    rt.block_on(async { evidence_sleeps_in_this_function(Duration::from_millis(1800)) });
+    rt.block_on(async { evidence_sleeps_in_this_function(Duration::from_millis(3000)) });
     let (_, first) = reports
         .wait_first("ev-ct-first", Duration::from_millis(100))
         .expect("reported while it lasted");

@@ -1,6 +1,6 @@
 //! The exporter's HTTP server: its own thread and current-thread runtime,
-//! request heads read and parsed by hand (never a body), one response per
-//! connection.
+//! request heads parsed with `httparse` (never a body), one handler per
+//! route, one response per connection.
 
 use std::collections::VecDeque;
 use std::future::{poll_fn, Future};
@@ -196,8 +196,8 @@ async fn read_request(stream: &mut TcpStream) -> Option<Request> {
             return None;
         }
         buf.extend_from_slice(&chunk[..n]);
-        if let Some(end) = find_head_end(&buf) {
-            return Some(parse_head(&buf[..end]));
+        if let Some(request) = parse_head(&buf) {
+            return Some(request);
         }
         if buf.len() > Exporter::MAX_REQUEST_HEAD {
             return Some(Request::TooLarge);
@@ -205,23 +205,26 @@ async fn read_request(stream: &mut TcpStream) -> Option<Request> {
     }
 }
 
-fn find_head_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .or_else(|| buf.windows(2).position(|w| w == b"\n\n"))
+/// The most headers a request head may have; more is answered 431.
+const MAX_HEADERS: usize = 64;
+
+/// What has arrived of a request head, parsed: `None` until it is whole.
+fn parse_head(buf: &[u8]) -> Option<Request> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut head = httparse::Request::new(&mut headers);
+    match head.parse(buf) {
+        Ok(httparse::Status::Partial) => None,
+        Ok(httparse::Status::Complete(_)) => Some(match (head.method, head.path) {
+            (Some(method), Some(target)) => request_of(method, target),
+            _ => Request::Malformed,
+        }),
+        Err(httparse::Error::TooManyHeaders) => Some(Request::TooLarge),
+        Err(_) => Some(Request::Malformed),
+    }
 }
 
-fn parse_head(head: &[u8]) -> Request {
-    let Ok(head) = std::str::from_utf8(head) else {
-        return Request::Malformed;
-    };
-    let line = head.lines().next().unwrap_or("");
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Request::Malformed;
-    };
+/// The request a whole head's method and target ask for.
+fn request_of(method: &str, target: &str) -> Request {
     // The absolute form (`http://host:port/metrics`), which RFC 9112 asks
     // servers to accept, names the same path.
     let target = match target
@@ -234,7 +237,7 @@ fn parse_head(head: &[u8]) -> Request {
         },
         None => target,
     };
-    if !version.starts_with("HTTP/1.") || !target.starts_with('/') || method.is_empty() {
+    if !target.starts_with('/') {
         return Request::Malformed;
     }
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -254,6 +257,7 @@ fn parse_head(head: &[u8]) -> Request {
     }
 }
 
+/// The answer to a request: errors here, each route by its handler.
 fn respond(request: &Request, state: &State) -> Vec<u8> {
     match request {
         Request::Malformed => response(
@@ -282,76 +286,91 @@ fn respond(request: &Request, state: &State) -> Vec<u8> {
         ),
         Request::OtherMethod { .. } => not_found(),
         Request::Get { path, query, head } => match path.as_str() {
-            "/metrics" => {
-                let body = render::metrics(&state.handle, &state.watchdog);
-                response(
-                    200,
-                    "OK",
-                    "text/plain; version=0.0.4; charset=utf-8",
-                    body.as_bytes(),
-                    *head,
-                    None,
-                )
-            }
-            "/health" => {
-                let health = state.watchdog.health();
-                let body = serde_json::to_vec(&health).unwrap_or_default();
-                let (code, reason) = if health.status == Status::Stalled {
-                    (503, "Service Unavailable")
-                } else {
-                    (200, "OK")
-                };
-                response(code, reason, "application/json", &body, *head, None)
-            }
-            "/tasks" => match TasksQuery::parse(query, state.max_tasks) {
-                Ok(q) => {
-                    let dump = state.watchdog.task_dump(q.limit);
-                    if q.text {
-                        let body = dump.to_string();
-                        response(
-                            200,
-                            "OK",
-                            "text/plain; charset=utf-8",
-                            body.as_bytes(),
-                            *head,
-                            None,
-                        )
-                    } else {
-                        let body = serde_json::to_vec(&dump).unwrap_or_default();
-                        response(200, "OK", "application/json", &body, *head, None)
-                    }
-                }
-                Err(why) => response(
-                    400,
-                    "Bad Request",
-                    "text/plain",
-                    format!("{why}\n").as_bytes(),
-                    *head,
-                    None,
-                ),
-            },
-            "/" => {
-                let health = state.watchdog.health();
-                let dump = state
-                    .watchdog
-                    .task_dump(page::PAGE_TASKS.min(state.max_tasks));
-                let body = page::render(
-                    &health,
-                    &dump,
-                    state.watchdog.hung_task_threshold().as_secs_f64(),
-                );
-                response(
-                    200,
-                    "OK",
-                    "text/html; charset=utf-8",
-                    body.as_bytes(),
-                    *head,
-                    None,
-                )
-            }
+            "/metrics" => metrics(state, *head),
+            "/health" => health(state, *head),
+            "/tasks" => tasks(state, query, *head),
+            "/" => status_page(state, *head),
             _ => not_found(),
         },
     }
+}
+
+/// `GET /metrics`: the text exposition.
+fn metrics(state: &State, head: bool) -> Vec<u8> {
+    let body = render::metrics(&state.handle, &state.watchdog);
+    response(
+        200,
+        "OK",
+        "text/plain; version=0.0.4; charset=utf-8",
+        body.as_bytes(),
+        head,
+        None,
+    )
+}
+
+/// `GET /health`: the health snapshot, 503 while a runtime is stalled.
+fn health(state: &State, head: bool) -> Vec<u8> {
+    let health = state.watchdog.health();
+    let body = serde_json::to_vec(&health).unwrap_or_default();
+    let (code, reason) = if health.status == Status::Stalled {
+        (503, "Service Unavailable")
+    } else {
+        (200, "OK")
+    };
+    response(code, reason, "application/json", &body, head, None)
+}
+
+/// `GET /tasks`: the task dump, JSON or text.
+fn tasks(state: &State, query: &str, head: bool) -> Vec<u8> {
+    let q = match TasksQuery::parse(query, state.max_tasks) {
+        Ok(q) => q,
+        Err(why) => {
+            return response(
+                400,
+                "Bad Request",
+                "text/plain",
+                format!("{why}\n").as_bytes(),
+                head,
+                None,
+            )
+        }
+    };
+    let dump = state.watchdog.task_dump(q.limit);
+    if q.text {
+        let body = dump.to_string();
+        response(
+            200,
+            "OK",
+            "text/plain; charset=utf-8",
+            body.as_bytes(),
+            head,
+            None,
+        )
+    } else {
+        let body = serde_json::to_vec(&dump).unwrap_or_default();
+        response(200, "OK", "application/json", &body, head, None)
+    }
+}
+
+/// `GET /`: the status page.
+fn status_page(state: &State, head: bool) -> Vec<u8> {
+    let health = state.watchdog.health();
+    let dump = state
+        .watchdog
+        .task_dump(page::PAGE_TASKS.min(state.max_tasks));
+    let body = page::render(
+        &health,
+        &dump,
+        state.watchdog.hung_task_threshold().as_secs_f64(),
+    );
+    response(
+        200,
+        "OK",
+        "text/html; charset=utf-8",
+        body.as_bytes(),
+        head,
+        None,
+    )
 }
 
 /// What `GET /tasks` was asked for: `format=json` (the default) or
@@ -431,45 +450,59 @@ fn response(
 mod tests {
     use super::*;
 
+    /// A whole head: the request line and headers, then a blank line.
+    fn parse(head: &[u8]) -> Option<Request> {
+        parse_head(&[head, b"\r\n\r\n"].concat())
+    }
+
     #[test]
     fn parses_request_heads() {
         assert_eq!(
-            parse_head(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a"),
-            Request::Get {
+            parse(b"GET /metrics?x=1 HTTP/1.1\r\nHost: a"),
+            Some(Request::Get {
                 path: "/metrics".into(),
                 query: "x=1".into(),
                 head: false
-            }
+            })
         );
         assert_eq!(
-            parse_head(b"HEAD /health HTTP/1.0"),
-            Request::Get {
+            parse(b"HEAD /health HTTP/1.0"),
+            Some(Request::Get {
                 path: "/health".into(),
                 query: String::new(),
                 head: true
-            }
+            })
         );
         assert_eq!(
-            parse_head(b"GET http://127.0.0.1:9377/metrics?x=1 HTTP/1.1\r\nHost: a"),
-            Request::Get {
+            parse(b"GET http://127.0.0.1:9377/metrics?x=1 HTTP/1.1\r\nHost: a"),
+            Some(Request::Get {
                 path: "/metrics".into(),
                 query: "x=1".into(),
                 head: false
-            }
+            })
         );
         assert_eq!(
-            parse_head(b"GET https://host/health HTTP/1.1"),
-            Request::Get {
+            parse(b"GET https://host/health HTTP/1.1"),
+            Some(Request::Get {
                 path: "/health".into(),
                 query: String::new(),
                 head: false
-            }
+            })
         );
         assert_eq!(
-            parse_head(b"POST /health HTTP/1.1"),
-            Request::OtherMethod {
+            parse(b"POST /health HTTP/1.1"),
+            Some(Request::OtherMethod {
                 path: "/health".into()
-            }
+            })
+        );
+        // Bare line feeds are taken as line ends.
+        assert_eq!(
+            parse_head(b"GET /health HTTP/1.1\nHost: a\n\n"),
+            Some(Request::Get {
+                path: "/health".into(),
+                query: String::new(),
+                head: false
+            })
         );
         for junk in [
             &b"\x00\x01\x02"[..],
@@ -477,14 +510,36 @@ mod tests {
             b"GET /x",
             b"GET x HTTP/1.1",
             b"GET /x SPDY/3",
+            b"GET /x HTTP/1.9",
+            b"GET /x HTTP/1.",
+            b"GET /x HTTP/1.1garbage",
             b"GET /x HTTP/1.1 extra",
             b"\xff\xfe / HTTP/1.1",
             b"GET http:// HTTP/1.1",
             b"GET http:///metrics HTTP/1.1",
             b"GET http://host HTTP/1.1",
+            b"GET /x HTTP/1.1\r\nbad header",
         ] {
-            assert_eq!(parse_head(junk), Request::Malformed, "{junk:?}");
+            assert_eq!(parse(junk), Some(Request::Malformed), "{junk:?}");
         }
+    }
+
+    #[test]
+    fn a_head_is_parsed_only_once_it_is_whole() {
+        assert_eq!(parse_head(b""), None);
+        assert_eq!(parse_head(b"GET /metrics HT"), None);
+        assert_eq!(parse_head(b"GET /metrics HTTP/1.1\r\nHost: a\r\n"), None);
+        assert!(parse_head(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n").is_some());
+    }
+
+    #[test]
+    fn more_headers_than_allowed_is_too_large() {
+        let mut head = b"GET /metrics HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            head.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        assert_eq!(parse_head(&head), Some(Request::TooLarge));
     }
 
     #[test]

@@ -113,6 +113,30 @@ pub struct RecentStall {
     pub cpu: Option<CpuAccount>,
 }
 
+impl RecentStall {
+    /// A stall as of its report: every field but `ended` is the report's.
+    pub(crate) fn of_report(report: &super::report::StallReport) -> Self {
+        RecentStall {
+            runtime: report.runtime.clone(),
+            worker: report.worker,
+            task: report.task.clone(),
+            thread: report.thread.clone(),
+            stalled_for_seconds: report.stalled_for.as_secs_f64(),
+            ended: false,
+            cpu_bound: report.cpu_bound,
+            culprit: report.culprit.clone(),
+            backtrace: report.backtrace.clone(),
+            stack_complete: report.stack_complete,
+            stack_method: report.stack_method.map(str::to_owned),
+            stack_missing: report.stack_missing.clone(),
+            unconfirmed: report.unconfirmed.clone(),
+            spans: report.spans.clone(),
+            cause: report.cause,
+            cpu: report.cpu,
+        }
+    }
+}
+
 /// One watched runtime.
 #[derive(Debug, Clone, Serialize, Default)]
 #[non_exhaustive]

@@ -12,57 +12,24 @@ use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
 
 use super::histograms;
 use crate::metric_names::*;
+use crate::metric_names::{Kind, RecordedBy, FAMILIES};
 
-/// Describes every series (help text and unit) to the installed recorder.
-/// Called when the watchdog starts and again when the exporter installs its
-/// recorder; harmless to repeat.
+/// Describes every series the facade records (help text and unit, from
+/// [`FAMILIES`]) to the installed recorder. Called when the watchdog starts
+/// and again when the exporter installs its recorder; harmless to repeat.
 pub(crate) fn describe_all() {
-    describe();
-    describe_usage();
-}
-
-fn describe() {
-    describe_counter!(
-        STALLS_TOTAL,
-        Unit::Count,
-        "Stalls flagged: a worker stuck in one poll for the stall threshold or longer."
-    );
-    describe_counter!(
-        CPU_BOUND_STALLS_TOTAL,
-        Unit::Count,
-        "Stalls whose stuck thread was on a CPU when first reported (a CPU hog, not a blocking call)."
-    );
-    describe_counter!(
-        STALLS_BY_CAUSE_TOTAL,
-        Unit::Count,
-        "Stalls by why the worker is stuck, at their first report: blocked (waiting in the kernel), busy (on a CPU), starved (runnable, waiting for a CPU: the CPU limit, other load, steal), unknown."
-    );
-    describe_gauge!(STALLED_WORKERS, Unit::Count, "Workers stalled now.");
-    describe_gauge!(
-        HEARTBEAT_TIMESTAMP_SECONDS,
-        Unit::Seconds,
-        "Unix time of the runtime's last heartbeat."
-    );
-    describe_counter!(
-        REPORTS_SUPPRESSED_TOTAL,
-        Unit::Count,
-        "Stall reports held back by the per-minute rate limit."
-    );
-    describe_counter!(
-        CALLBACK_PANICS_TOTAL,
-        Unit::Count,
-        "Panics caught in the on_stall callback."
-    );
-    describe_counter!(
-        CALLBACK_REPORTS_DROPPED_TOTAL,
-        Unit::Count,
-        "Stall reports not given to the on_stall callback because it was too far behind."
-    );
-    describe_counter!(
-        EXPORTER_CONNECTIONS_DROPPED_TOTAL,
-        Unit::Count,
-        "Connections the exporter closed without an answer: reason=evicted (the oldest without a request, to make room), full (no room), timeout (no whole request in time)."
-    );
+    for family in FAMILIES {
+        let unit = match family.recorded_by {
+            RecordedBy::Facade => Unit::Count,
+            RecordedBy::FacadeSeconds => Unit::Seconds,
+            RecordedBy::Exporter => continue,
+        };
+        match family.kind {
+            Kind::Counter => describe_counter!(family.name, unit, family.help),
+            Kind::Gauge => describe_gauge!(family.name, unit, family.help),
+            Kind::Histogram => {}
+        }
+    }
     // Make the series exist from the start, without touching their counts.
     counter!(REPORTS_SUPPRESSED_TOTAL).increment(0);
     counter!(CALLBACK_PANICS_TOTAL).increment(0);
@@ -123,51 +90,6 @@ pub(crate) fn callback_report_dropped() {
 
 pub(crate) fn callback_panicked() {
     counter!(CALLBACK_PANICS_TOTAL).increment(1);
-}
-
-fn describe_usage() {
-    describe_counter!(
-        TASKS_SPAWNED_TOTAL,
-        Unit::Count,
-        "Tasks spawned through loopwatch."
-    );
-    describe_counter!(
-        TASKS_COMPLETED_TOTAL,
-        Unit::Count,
-        "Tasks that completed (Ok for fallible tasks)."
-    );
-    describe_counter!(
-        TASKS_FAILED_TOTAL,
-        Unit::Count,
-        "Tasks that failed: returned Err (reason=error) or panicked (reason=panic)."
-    );
-    describe_counter!(
-        TASKS_CANCELLED_TOTAL,
-        Unit::Count,
-        "Tasks dropped or aborted before completing."
-    );
-    describe_gauge!(TASKS_ALIVE, Unit::Count, "Tasks spawned and not ended.");
-    describe_gauge!(
-        TASKS_HUNG,
-        Unit::Count,
-        "Alive tasks not polled for the hung-task threshold."
-    );
-    describe_counter!(
-        SLOW_POLLS_TOTAL,
-        Unit::Count,
-        "Polls that took the blocking threshold or longer."
-    );
-    describe_counter!(CALLS_TOTAL, Unit::Count, "Instrumented calls, by outcome.");
-    describe_counter!(
-        BLOCKING_CALLS_TOTAL,
-        Unit::Count,
-        "Sync calls that ran the blocking threshold or longer on an async worker thread."
-    );
-    describe_counter!(
-        SLOW_CALLS_TOTAL,
-        Unit::Count,
-        "Calls that took the slow-call threshold or longer."
-    );
 }
 
 /// Adds the task-count deltas `[spawned, completed, failed, panicked,

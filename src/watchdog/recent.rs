@@ -25,24 +25,7 @@ impl RecentStalls {
 
     /// Keeps a report: a new stall's, or the latest of one already kept.
     pub(crate) fn record(&mut self, key: StallKey, report: &StallReport) {
-        let recent = RecentStall {
-            runtime: report.runtime.clone(),
-            worker: report.worker,
-            task: report.task.clone(),
-            thread: report.thread.clone(),
-            stalled_for_seconds: report.stalled_for.as_secs_f64(),
-            ended: false,
-            cpu_bound: report.cpu_bound,
-            culprit: report.culprit.clone(),
-            backtrace: report.backtrace.clone(),
-            stack_complete: report.stack_complete,
-            stack_method: report.stack_method.map(str::to_owned),
-            stack_missing: report.stack_missing.clone(),
-            unconfirmed: report.unconfirmed.clone(),
-            spans: report.spans.clone(),
-            cause: report.cause,
-            cpu: report.cpu,
-        };
+        let recent = RecentStall::of_report(report);
         match self.ring.iter_mut().find(|(k, _)| *k == key) {
             Some((_, entry)) => *entry = recent,
             None => {

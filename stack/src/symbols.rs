@@ -6,6 +6,15 @@
 //! frames of those stacks, and everything is dropped when the check ends
 //! ([`Symbolizer`] is dropped), so that symbolizing never keeps debug info
 //! resident (a 27 MB debug binary's DWARF held 68 MiB when kept loaded).
+//!
+//! Objects are mapped here rather than through `addr2line::Loader`, which
+//! owns its mappings: the vDSO has no file and is read from this process's
+//! memory (a copy, by [`crate::os::memory`]), which `Loader` cannot take;
+//! `Loader` needs addr2line's `loader` feature (memmap2, typed-arena and
+//! split-DWARF lookups this reader does not use); and a resolver is one
+//! value that owns its bytes and the tables that borrow them, so the two
+//! `transmute`s to `'static` below are sound for as long as the resolver
+//! lives (the owner is its last field, dropped after the borrowers).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;

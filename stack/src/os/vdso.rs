@@ -170,9 +170,11 @@ mod tests {
             let a = read(&|ts| unsafe {
                 libc::clock_gettime(clock, ts);
             });
+            // SAFETY: as above.
             let b = read(&|ts| unsafe {
                 assert_eq!(gettime(clock, ts), 0);
             });
+            // SAFETY: as above.
             let c = read(&|ts| unsafe {
                 libc::clock_gettime(clock, ts);
             });
