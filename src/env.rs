@@ -26,7 +26,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::Error;
+use crate::error::Error;
 
 /// What a duration variable accepts.
 const DURATION: &str =

@@ -299,6 +299,6 @@ fn recorder_handle(provided: Option<PrometheusHandle>) -> Result<PrometheusHandl
     metrics::set_global_recorder(recorder).map_err(|_| Error::RecorderInstalled)?;
     let _ = INSTALLED.set(handle.clone());
     // Series described before this recorder existed went nowhere.
-    crate::watchdog::describe_all();
+    crate::watchdog::export::describe_all();
     Ok(handle)
 }

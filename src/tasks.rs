@@ -438,3 +438,17 @@ pub(crate) fn test_task(id: u64) -> TaskInfo {
         await_trace: None,
     }
 }
+
+/// A hung task as `Health` lists it (a public `From`, kept beside the task
+/// dump so that the model room imports nothing from it).
+impl From<TaskInfo> for crate::model::health::HungTask {
+    fn from(task: TaskInfo) -> Self {
+        crate::model::health::HungTask {
+            task: task.name,
+            idle_seconds: task.state_seconds,
+            id: task.id,
+            spawned_at: task.spawned_at,
+            spans: task.spans,
+        }
+    }
+}

@@ -3,106 +3,58 @@
 //! reads what the application threads write in [`crate::board`], and the
 //! threads themselves through `loopwatch-stack`.
 //!
-//! - [`builder`]: [`WatchdogBuilder`], the settings and their checks;
-//! - [`handle`]: [`Watchdog`], and the state it shares with the thread;
-//! - [`check`]: the check loop, a short orchestration of the parts below;
-//! - [`runtimes`]: the watched runtimes, their identity and figures;
-//! - [`detect`]: stall detection for one runtime (metrics, poll slots, heartbeat);
-//! - [`heartbeat`]: the heartbeat task each watched runtime runs;
-//! - [`stall`]: the stall state machine (flag, escalate, end, rate limit);
-//! - [`evidence`]: the stuck thread's state and stack for a report;
-//! - [`cause`]: readings of what the stuck thread did with its time, and
-//!   pauses of the whole process (the verdicts, `StallCause` and
-//!   `CpuAccount`, are data in `src/model/`);
-//! - `cgroup`: the process's cgroup (CPU limit and throttling, memory) and
-//!   the machine's steal time, read by `loopwatch_stack::os::cgroup`;
-//! - [`threads`]: finding the stuck thread among the process's threads;
-//! - [`report`]: where reports ([`StallReport`], in `src/model/`) go (log,
-//!   metrics, callback);
-//! - [`callback`]: the `on_stall` callback's own thread and bounded queue;
-//! - [`recent`]: the last reported stalls;
-//! - [`activity`]: task, call and process figures, read on their own schedule;
-//! - [`process`]: the process's resources from `/proc`;
-//! - [`snapshot`]: the health snapshot, assembled once per check;
-//! - [`publish`]: what is recorded through the `metrics` facade;
-//! - [`histograms`]: the per-runtime histograms, aggregated where recorded;
-//! - [`systemd`]: `WATCHDOG=1` pings and `STATUS=` lines for systemd;
-//! - [`abort`]: `abort_after`, the report to stderr and the abort;
-//! - `traces`: hung tasks' await traces from tokio's task dumps
-//!   (`--cfg tokio_unstable` and the `taskdump` feature).
+//! Its rooms, by concern; [`check`] orders them once per check interval:
+//!
+//! - [`api`]: [`WatchdogBuilder`] (the settings and their checks) and
+//!   [`Watchdog`] (the handle, and the state it shares with the thread);
+//! - [`detection`]: the watched runtimes, their heartbeat, stall detection
+//!   for each ([`detect`], a pure decision over what tokio publishes and the
+//!   poll slots), the stall state machine ([`stall`]), and what stuck
+//!   threads do with their time and pauses of the process ([`cause`]);
+//! - [`evidence`]: finding the stuck thread ([`threads`], decisions over a
+//!   `ThreadSource`), its state, stack and spans for a report
+//!   ([`evidence::EvidenceCollector`]), and hung tasks' await traces
+//!   ([`traces`]);
+//! - [`figures`]: task, call and process figures read on their own schedule
+//!   ([`activity`], [`process`]);
+//! - [`sinks`]: where what was found goes: the log, the metrics facade and
+//!   the callback ([`report`], [`publish`], [`callback`]), the last stalls
+//!   ([`recent`]), the health snapshot ([`snapshot`]), the histograms
+//!   ([`histograms`]), systemd ([`systemd`]) and `abort_after` ([`abort`]).
+//!
+//! The cgroup readers are `loopwatch_stack::os::cgroup`. The exporter reads
+//! what it needs through [`export`] and the public API only.
 
-mod abort;
-mod activity;
-mod builder;
-mod callback;
-mod cause;
-use crate::stack::os::cgroup;
+pub(crate) mod api;
 mod check;
-mod detect;
-mod evidence;
-mod handle;
-mod heartbeat;
-mod histograms;
-mod process;
-mod publish;
-mod recent;
-mod report;
-mod runtimes;
-mod snapshot;
-mod stall;
+pub(crate) mod detection;
+pub(crate) mod evidence;
+pub(crate) mod figures;
+pub(crate) mod sinks;
+
+// Every module by its own name, for the rooms to use one another.
+use crate::stack::os::cgroup;
+use api::{builder, handle};
+use detection::{cause, detect, heartbeat, runtimes, stall};
+use evidence::{threads, traces};
+use figures::{activity, process};
 #[cfg(unix)]
-mod systemd;
-mod threads;
-#[cfg(all(
-    tokio_unstable,
-    feature = "taskdump",
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-))]
-pub(crate) mod traces;
-/// Without tokio's task dumps: no await traces.
-#[cfg(not(all(
-    tokio_unstable,
-    feature = "taskdump",
-    target_os = "linux",
-    any(target_arch = "x86_64", target_arch = "aarch64")
-)))]
-pub(crate) mod traces {
-    use std::sync::Arc;
-
-    /// No hung task's id is kept for a trace.
-    pub(crate) const MAX_TRACES: usize = 0;
-
-    /// Takes no dump.
-    #[derive(Debug, Default)]
-    pub(crate) struct AwaitTraces {}
-
-    impl AwaitTraces {
-        pub(crate) fn collect(&mut self, _now: u64) {}
-
-        pub(crate) fn tick(
-            &mut self,
-            _now: u64,
-            _runtimes: &[Arc<super::runtimes::RuntimeEntry>],
-            _hung: &[u64],
-            _heartbeat_ns: u64,
-            _every_ns: u64,
-        ) {
-        }
-    }
-}
+use sinks::systemd;
+use sinks::{abort, callback, histograms, publish, recent, report, snapshot};
 
 pub use builder::WatchdogBuilder;
 pub use cause::{CpuAccount, StallCause, Throttling};
 pub use handle::Watchdog;
 pub use report::StallReport;
 
-// What the exporter reads.
+/// What the exporter reads of the watchdog beyond its public API, and
+/// nothing else: the figures it renders itself (runtime samples, process
+/// figures, the fixed histograms), the descriptions of the facade's series,
+/// and the count of connections it drops.
 #[cfg(feature = "exporter")]
-pub(crate) use histograms::{snapshot as runtime_histograms, Fixed, RuntimeHistograms};
-#[cfg(feature = "exporter")]
-pub(crate) use process::ProcessStats;
-#[cfg(feature = "exporter")]
-pub(crate) use publish::{connection_dropped, describe_all};
-#[cfg(feature = "exporter")]
-pub(crate) use runtimes::RuntimeSample;
+pub(crate) mod export {
+    pub(crate) use super::histograms::{snapshot as runtime_histograms, Fixed, RuntimeHistograms};
+    pub(crate) use super::process::ProcessStats;
+    pub(crate) use super::publish::{connection_dropped, describe_all};
+    pub(crate) use super::runtimes::RuntimeSample;
+}

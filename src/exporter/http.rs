@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::AbortHandle;
 
 use super::{page, render, Exporter};
-use crate::watchdog::connection_dropped;
+use crate::watchdog::export::connection_dropped;
 use crate::{Status, Watchdog};
 
 /// What the server thread serves from.

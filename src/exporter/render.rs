@@ -9,7 +9,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::board::names::{self, BucketCounts, Histogram, BUCKETS};
 use crate::metric_names as n;
-use crate::watchdog::{Fixed, ProcessStats, RuntimeHistograms, RuntimeSample};
+use crate::watchdog::export::{Fixed, ProcessStats, RuntimeHistograms, RuntimeSample};
 use crate::Watchdog;
 
 /// The whole exposition.
@@ -20,7 +20,7 @@ pub(super) fn metrics(handle: &PrometheusHandle, watchdog: &Watchdog) -> String 
         text.push('\n');
     }
     render_durations(&mut text);
-    render_runtime_histograms(&mut text, &crate::watchdog::runtime_histograms());
+    render_runtime_histograms(&mut text, &crate::watchdog::export::runtime_histograms());
     render_runtimes(&mut text, &watchdog.runtime_samples());
     render_process(&mut text, &watchdog.process_stats());
     text

@@ -224,18 +224,6 @@ pub struct HungTask {
     pub spans: Vec<String>,
 }
 
-impl From<crate::TaskInfo> for HungTask {
-    fn from(task: crate::TaskInfo) -> Self {
-        HungTask {
-            task: task.name,
-            idle_seconds: task.state_seconds,
-            id: task.id,
-            spawned_at: task.spawned_at,
-            spans: task.spans,
-        }
-    }
-}
-
 /// Counts for one instrumented call name.
 #[derive(Debug, Clone, Copy, Serialize, Default, PartialEq, Eq)]
 #[non_exhaustive]

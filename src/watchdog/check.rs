@@ -11,21 +11,21 @@
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use super::activity::Activity;
-use super::builder::Config;
-use super::callback::CallbackQueue;
-use super::cause::{self, PauseDetector};
-use super::detect::{Thresholds, Unknowns};
-use super::evidence::EvidenceCollector;
-use super::handle::Shared;
-use super::recent::RecentStalls;
-use super::report::Reporter;
-use super::runtimes::{RuntimeRef, RuntimeSet};
-use super::snapshot::{self, Inputs};
-use super::stall::{Candidate, Event, StallMachine};
-use super::{publish, threads};
 use crate::board::slot;
 use crate::clock::{nanos, now_ns};
+use crate::watchdog::activity::Activity;
+use crate::watchdog::builder::Config;
+use crate::watchdog::callback::CallbackQueue;
+use crate::watchdog::cause::{self, PauseDetector};
+use crate::watchdog::detect::{Thresholds, Unknowns};
+use crate::watchdog::evidence::EvidenceCollector;
+use crate::watchdog::handle::Shared;
+use crate::watchdog::recent::RecentStalls;
+use crate::watchdog::report::Reporter;
+use crate::watchdog::runtimes::{RuntimeRef, RuntimeSet};
+use crate::watchdog::snapshot::{self, Inputs};
+use crate::watchdog::stall::{Candidate, Event, StallMachine};
+use crate::watchdog::{publish, threads};
 
 /// The watchdog thread's state.
 #[derive(Debug)]

@@ -5,13 +5,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use super::builder::Config;
-use super::cgroup::Cgroup;
-use super::process::{self, ProcessStats};
-use super::publish;
 use crate::board::names::{self, NameCounts};
 use crate::clock::nanos;
 use crate::model::health::{CallCounts, HungTask, TaskCounts};
+use crate::watchdog::builder::Config;
+use crate::watchdog::cgroup::Cgroup;
+use crate::watchdog::process::{self, ProcessStats};
+use crate::watchdog::publish;
 use crate::TaskInfo;
 
 /// Hung tasks listed in `Health`, oldest first.
@@ -154,7 +154,7 @@ impl Usage {
             self.last_scan,
             HUNG_LISTED,
             room,
-            super::traces::MAX_TRACES,
+            crate::watchdog::traces::MAX_TRACES,
         );
         self.last_scan = now;
         self.hung_ids = scan.ids;
@@ -292,7 +292,7 @@ impl Activity {
         let before = self.process;
         self.process = process::read();
         if self.cgroup_at == 0
-            || now.saturating_sub(self.cgroup_at) >= super::cgroup::DISCOVER_EVERY_NS
+            || now.saturating_sub(self.cgroup_at) >= crate::watchdog::cgroup::DISCOVER_EVERY_NS
         {
             self.cgroup = Cgroup::discover();
             self.cgroup_at = now;

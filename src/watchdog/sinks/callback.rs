@@ -15,9 +15,9 @@ use std::sync::Arc;
 use std::thread::{JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
-use super::builder::Callback;
-use super::publish;
-use super::report::StallReport;
+use crate::watchdog::builder::Callback;
+use crate::watchdog::publish;
+use crate::watchdog::report::StallReport;
 
 /// Reports that may wait for the callback. With the default rate limit (10
 /// reports a minute) the queue fills only behind a callback that takes

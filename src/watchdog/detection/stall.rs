@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::runtimes::RuntimeRef;
+use crate::watchdog::runtimes::RuntimeRef;
 use crate::StallReport;
 
 /// Identity of one stall, stable from its start to its end.

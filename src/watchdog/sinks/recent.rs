@@ -4,8 +4,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::stall::StallKey;
 use crate::model::health::RecentStall;
+use crate::watchdog::stall::StallKey;
 use crate::StallReport;
 
 /// A ring of the last `capacity` reported stalls, oldest first.

@@ -1,7 +1,7 @@
 //! The process's resources, read from `/proc/self` (Linux; zeros elsewhere).
 
-use super::cgroup::CgroupStats;
 use crate::model::health::ProcessHealth;
+use crate::watchdog::cgroup::CgroupStats;
 
 /// Everything read about the process at one instant (the watchdog reads it
 /// once a second; `Health::process` and the exporter's `process_*` series

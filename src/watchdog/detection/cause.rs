@@ -14,9 +14,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::cgroup::{Cgroup, CpuStat};
 pub use crate::model::cause::{CpuAccount, StallCause, Throttling};
 use crate::stack::os::thread::{times as thread_times, OwnTimes, Times as ThreadTimes};
+use crate::watchdog::cgroup::{Cgroup, CpuStat};
 
 /// Readings of the whole machine and cgroup, taken with a thread's.
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,7 +53,7 @@ pub(crate) struct CpuTracker {
 impl CpuTracker {
     fn cgroup(&mut self, now: u64) -> &Cgroup {
         if self.cgroup_at == 0
-            || now.saturating_sub(self.cgroup_at) >= super::cgroup::DISCOVER_EVERY_NS
+            || now.saturating_sub(self.cgroup_at) >= crate::watchdog::cgroup::DISCOVER_EVERY_NS
         {
             self.cgroup = Cgroup::discover();
             self.cgroup_at = now;
@@ -65,7 +65,7 @@ impl CpuTracker {
     fn host(&mut self, now: u64) -> HostPoint {
         let cpu = self.cgroup(now).throttling();
         HostPoint {
-            steal_ns: super::cgroup::steal_ns(),
+            steal_ns: crate::watchdog::cgroup::steal_ns(),
             cpu,
         }
     }

@@ -10,9 +10,9 @@ use std::time::Duration;
 
 use metrics::{counter, describe_counter, describe_gauge, gauge, Unit};
 
-use super::histograms;
 use crate::metric_names::*;
 use crate::metric_names::{Kind, RecordedBy, FAMILIES};
+use crate::watchdog::histograms;
 
 /// Describes every series the facade records (help text and unit, from
 /// [`FAMILIES`]) to the installed recorder. Called when the watchdog starts

@@ -2,13 +2,13 @@
 //! check into a [`Health`]. Each finding is an issue line with a severity;
 //! the status is the most severe one, computed in one place.
 
-use super::activity::ActivitySummary;
-use super::builder::Config;
-use super::evidence::EvidenceCollector;
-use super::process::ProcessStats;
-use super::runtimes::RuntimeSet;
-use super::stall::Candidate;
 use crate::model::health::{Health, RecentStall, RuntimeHealth, StalledWorker, Status};
+use crate::watchdog::activity::ActivitySummary;
+use crate::watchdog::builder::Config;
+use crate::watchdog::evidence::EvidenceCollector;
+use crate::watchdog::process::ProcessStats;
+use crate::watchdog::runtimes::RuntimeSet;
+use crate::watchdog::stall::Candidate;
 
 /// How long health stays `degraded` after a stall ended (ns).
 const AFTER_STALL_NS: u64 = 60_000_000_000;

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use tokio::runtime::Handle;
 
-use super::detect::RuntimeMonitor;
-use super::heartbeat::Beat;
 use crate::board::workers::WorkerBoard;
+use crate::watchdog::detect::RuntimeMonitor;
+use crate::watchdog::heartbeat::Beat;
 use crate::{Error, Watchdog};
 
 /// A runtime handed to [`Watchdog::watch_runtime`].

@@ -22,9 +22,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use super::runtimes::RuntimeEntry;
 use crate::board::live;
 use crate::board::traces::TRACES;
+use crate::watchdog::runtimes::RuntimeEntry;
 
 /// How long after a dump answered its polls may still come (ns).
 const SETTLE_NS: u64 = 100_000_000;

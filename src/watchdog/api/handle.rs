@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::runtime::Handle;
 
-use super::builder::Config;
-use super::callback::{CallbackStats, CallbackThread, SHUTDOWN_WAIT};
-use super::process::ProcessStats;
-use super::runtimes::{validate_name, RuntimeEntry, RuntimeSample};
-use super::{check, heartbeat, publish, WatchdogBuilder};
 use crate::board::settings::SETTINGS;
+use crate::watchdog::builder::Config;
+use crate::watchdog::callback::{CallbackStats, CallbackThread, SHUTDOWN_WAIT};
+use crate::watchdog::process::ProcessStats;
+use crate::watchdog::runtimes::{validate_name, RuntimeEntry, RuntimeSample};
+use crate::watchdog::{check, heartbeat, publish, WatchdogBuilder};
 use crate::{Error, Health};
 
 /// Only one watchdog runs per process: the id of the process whose

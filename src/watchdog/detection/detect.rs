@@ -1,17 +1,17 @@
 //! Stall detection for one runtime, on the watchdog thread: samples the
 //! runtime's metrics and heartbeat, and combines them with the poll slots to
 //! find stalled workers. It decides *that* a worker is stalled; the
-//! [`stall`](super::stall) machine decides what to report.
+//! [`stall`](crate::watchdog::stall) machine decides what to report.
 
 use std::sync::Arc;
 
 use tokio::runtime::{Handle, RuntimeFlavor};
 
-use super::cause::PauseDetector;
-use super::heartbeat::BeatView;
-use super::runtimes::RuntimeEntry;
-use super::stall::{Candidate, StallKey};
 use crate::board::slot::{SlotView, PARK_ACTIVE, PARK_UNKNOWN};
+use crate::watchdog::cause::PauseDetector;
+use crate::watchdog::heartbeat::BeatView;
+use crate::watchdog::runtimes::RuntimeEntry;
+use crate::watchdog::stall::{Candidate, StallKey};
 
 /// What is published per worker by tokio: (park/unpark count, park count, busy ns).
 type Triple = (u64, u64, u64);
@@ -450,10 +450,10 @@ impl RuntimeMonitor {
                     .copied()
                     .filter(|&d| d != 0 && d != self.found_driver)
                     .collect();
-                let mut live = super::threads::Live {
+                let mut live = crate::watchdog::threads::Live {
                     symbolizer: &mut *symbolizer,
                 };
-                match super::threads::find_current_thread_driver(&mut live, &others) {
+                match crate::watchdog::threads::find_current_thread_driver(&mut live, &others) {
                     Ok(Some(tid)) => {
                         self.found_driver = tid;
                         Driven::Yes

@@ -4,11 +4,11 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::callback::CallbackQueue;
-use super::publish;
-use super::runtimes::{RuntimeRef, Watched};
 use crate::clock::unix_seconds;
 pub use crate::model::report::StallReport;
+use crate::watchdog::callback::CallbackQueue;
+use crate::watchdog::publish;
+use crate::watchdog::runtimes::{RuntimeRef, Watched};
 
 /// Sends stall reports and stall ends to the log, the metrics and the
 /// callback.
