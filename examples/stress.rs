@@ -35,8 +35,7 @@ use std::time::{Duration, Instant};
 
 use loopwatch::{Exporter, StallCause, StallReport, Watchdog};
 
-#[path = "support/measure.rs"]
-mod measure;
+use loopwatch_test_support::measure;
 
 const WORKERS: usize = 4;
 const CHECK: Duration = Duration::from_millis(50);

@@ -1,8 +1,7 @@
 //! The exporter: `/metrics` and `/health` over HTTP, from its own thread.
 
 mod common;
-#[path = "../examples/support/flood.rs"]
-mod flood;
+use loopwatch_test_support::flood;
 
 use std::io::Write;
 use std::net::TcpStream;

@@ -53,8 +53,7 @@ pub(crate) fn unique() -> u64 {
 /// When the case began to block (set by [`cases::truth`]).
 pub(crate) static BLOCKED_AT: Mutex<Option<Instant>> = Mutex::new(None);
 
-#[path = "../../tests/support/seccomp.rs"]
-mod seccomp;
+use loopwatch_test_support::seccomp;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -257,11 +257,8 @@ pub fn perf_available() -> bool {
 }
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-#[path = "../support/seccomp.rs"]
-mod seccomp;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
 #[allow(unused_imports)]
-pub(crate) use seccomp::deny as deny_syscalls;
+pub(crate) use loopwatch_test_support::seccomp::deny as deny_syscalls;
 
 /// Runs test `name` of this test binary again in a child process with
 /// `LOOPWATCH_TEST_CHILD` set, and asserts that it passed: for tests that

@@ -12,8 +12,8 @@
 //! second report.
 //!
 //! ```text
-//! cargo run --example stack_cost            # a debug binary, with full debug info
-//! cargo run --release --example stack_cost  # limited debug info (the release profile)
+//! cargo run -p loopwatch-extras --bin stack_cost            # a debug binary, with full debug info
+//! cargo run --release -p loopwatch-extras --bin stack_cost  # limited debug info (the release profile)
 //! ```
 //!
 //! Exits with an error if sampling adds more than 16 MiB of resident memory
@@ -27,8 +27,7 @@ use std::time::{Duration, Instant};
 use loopwatch::{WatchExt as _, Watchdog};
 use tracing_subscriber::layer::SubscriberExt as _;
 
-#[path = "support/measure.rs"]
-mod measure;
+use loopwatch_test_support::measure;
 
 const THRESHOLD: Duration = Duration::from_secs(1);
 const MEMORY_BOUND: u64 = 16 << 20;

@@ -1,6 +1,5 @@
-//! A connection flood against an HTTP server, and scrapes through it: shared
-//! by `examples/connection_flood.rs` and the exporter's flood test.
-#![allow(dead_code, unreachable_pub)]
+//! A connection flood against an HTTP server, and scrapes through it: for
+//! the exporter's flood test and `connection_flood` (in `extras/`).
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -22,6 +21,7 @@ pub enum Kind {
 
 /// Keeps `count` connections of one kind open until dropped, opening a new
 /// one within a few milliseconds whenever the server closes one.
+#[derive(Debug)]
 pub struct Flood {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -30,6 +30,8 @@ pub struct Flood {
 }
 
 impl Flood {
+    /// Opens `count` connections of `kind` to `addr`, from a thread of its
+    /// own.
     pub fn start(addr: SocketAddr, kind: Kind, count: usize) -> Flood {
         let stop = Arc::new(AtomicBool::new(false));
         let opened = Arc::new(AtomicU64::new(0));

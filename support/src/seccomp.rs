@@ -6,7 +6,7 @@
 /// each listed system call fail with its errno (as a hardened systemd unit or
 /// a container's profile does). For a process of its own: it cannot be
 /// undone.
-pub(crate) fn deny(denied: &[(libc::c_long, i32)]) {
+pub fn deny(denied: &[(libc::c_long, i32)]) {
     const SECCOMP_SET_MODE_FILTER: libc::c_long = 1;
     const SECCOMP_FILTER_FLAG_TSYNC: libc::c_long = 1;
     const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;

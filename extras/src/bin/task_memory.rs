@@ -4,7 +4,7 @@
 //! while).
 //!
 //! ```text
-//! cargo run --release --example task_memory
+//! cargo run --release -p loopwatch-extras --bin task_memory
 //! ```
 //!
 //! Measures resident memory (Linux `/proc/self/statm`, after giving freed
@@ -22,8 +22,7 @@
 use std::future::pending;
 use std::time::Duration;
 
-#[path = "support/measure.rs"]
-mod measure;
+use loopwatch_test_support::measure;
 use measure::resident;
 
 const LIVE: usize = 100_000;

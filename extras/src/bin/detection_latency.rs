@@ -4,7 +4,7 @@
 //! runtime. Prints min / median / max of the latency past the threshold.
 //!
 //! ```text
-//! cargo run --release --example detection_latency -- --runs 5
+//! cargo run --release -p loopwatch-extras --bin detection_latency -- --runs 5
 //! ```
 
 use std::sync::mpsc;

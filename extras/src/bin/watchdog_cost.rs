@@ -7,7 +7,7 @@
 //! timed at every check, as threads that may be stuck are).
 //!
 //! ```text
-//! cargo run --release --example watchdog_cost -- --seconds 10
+//! cargo run --release -p loopwatch-extras --bin watchdog_cost -- --seconds 10
 //! ```
 //!
 //! Linux only (it reads the thread's CPU clock); prints a note elsewhere.
@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 
 use loopwatch::{WatchExt as _, Watchdog};
 
-#[path = "support/measure.rs"]
-mod measure;
+use loopwatch_test_support::measure;
 use measure::thread_cpu_clock;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

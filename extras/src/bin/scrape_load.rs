@@ -5,7 +5,7 @@
 //! about 1,000 series more (125 task names), against the same before them.
 //!
 //! ```text
-//! cargo run --release --example scrape_load
+//! cargo run --release -p loopwatch-extras --bin scrape_load
 //! ```
 
 use std::io::{Read, Write};

@@ -1,11 +1,11 @@
-//! Measurement helpers shared by the examples (Linux; `None` or errors elsewhere).
-#![allow(dead_code)]
+//! Measurement helpers shared by the measuring programs (Linux; `None` or
+//! errors elsewhere).
 
 use std::time::Duration;
 
 /// Resident memory in bytes, after returning freed heap memory to the OS.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-pub(crate) fn resident() -> Result<u64, Box<dyn std::error::Error>> {
+pub fn resident() -> Result<u64, Box<dyn std::error::Error>> {
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
     let statm = std::fs::read_to_string("/proc/self/statm")?;
@@ -20,17 +20,17 @@ pub(crate) fn resident() -> Result<u64, Box<dyn std::error::Error>> {
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub(crate) fn resident() -> Result<u64, Box<dyn std::error::Error>> {
+pub fn resident() -> Result<u64, Box<dyn std::error::Error>> {
     Err("this measurement reads /proc/self/statm (Linux, glibc)".into())
 }
 
 /// Starts a new peak of resident memory (Linux: `clear_refs`), for [`peak`].
-pub(crate) fn reset_peak() {
+pub fn reset_peak() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 /// The peak resident memory since [`reset_peak`], in bytes (`VmHWM`).
-pub(crate) fn peak() -> Result<u64, Box<dyn std::error::Error>> {
+pub fn peak() -> Result<u64, Box<dyn std::error::Error>> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let kib: u64 = status
         .lines()
@@ -44,11 +44,11 @@ pub(crate) fn peak() -> Result<u64, Box<dyn std::error::Error>> {
 }
 
 /// Reads a thread's CPU time.
-pub(crate) type CpuClock = Box<dyn Fn() -> Result<Duration, Box<dyn std::error::Error>>>;
+pub type CpuClock = Box<dyn Fn() -> Result<Duration, Box<dyn std::error::Error>>>;
 
 /// A reader of the CPU time of the thread named `comm` (the kernel's 15-byte name).
 #[cfg(target_os = "linux")]
-pub(crate) fn thread_cpu_clock(comm: &str) -> Option<CpuClock> {
+pub fn thread_cpu_clock(comm: &str) -> Option<CpuClock> {
     let tid: libc::pid_t = std::fs::read_dir("/proc/self/task")
         .ok()?
         .filter_map(Result::ok)
@@ -73,6 +73,6 @@ pub(crate) fn thread_cpu_clock(comm: &str) -> Option<CpuClock> {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn thread_cpu_clock(_comm: &str) -> Option<CpuClock> {
+pub fn thread_cpu_clock(_comm: &str) -> Option<CpuClock> {
     None
 }

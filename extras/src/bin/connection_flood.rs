@@ -7,15 +7,14 @@
 //! scrape during the flood was answered.
 //!
 //! ```text
-//! cargo run --release --example connection_flood
-//! cargo run --example connection_flood -- --idle 100 --slowloris 100 --scrapes 20
+//! cargo run --release -p loopwatch-extras --bin connection_flood
+//! cargo run -p loopwatch-extras --bin connection_flood -- --idle 100 --slowloris 100 --scrapes 20
 //! ```
 
 use std::time::Duration;
 
-#[path = "support/flood.rs"]
-mod flood;
 use flood::{Flood, Kind};
+use loopwatch_test_support::flood;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut idle = 300;
