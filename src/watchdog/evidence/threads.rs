@@ -117,20 +117,11 @@ pub(crate) struct ProcessThread {
 
 /// The threads of this process, but loopwatch's own and the main thread.
 pub(crate) fn process_threads() -> Vec<ProcessThread> {
-    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
-        return Vec::new();
-    };
     let pid = i64::from(std::process::id());
-    let mut threads: Vec<ProcessThread> = dir
-        .filter_map(|e| {
-            let e = e.ok()?;
-            let tid: i64 = e.file_name().to_str()?.parse().ok()?;
-            let name = std::fs::read_to_string(e.path().join("comm"))
-                .map(|n| n.trim_end().to_owned())
-                .unwrap_or_default();
-            Some(ProcessThread { tid, name })
-        })
-        .filter(|t| t.tid != pid && !t.name.starts_with("loopwatch"))
+    let mut threads: Vec<ProcessThread> = stack::os::thread::named()
+        .into_iter()
+        .filter(|(tid, name)| *tid != pid && !name.starts_with("loopwatch"))
+        .map(|(tid, name)| ProcessThread { tid, name })
         .collect();
     threads.sort_by_key(|t| t.tid);
     threads

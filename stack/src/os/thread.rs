@@ -214,6 +214,21 @@ pub fn all() -> Option<Vec<i64>> {
     }
 }
 
+/// This process's threads with their names (`comm`, at most 15 bytes);
+/// empty where `/proc/self/task` cannot be read.
+pub fn named() -> Vec<(i64, String)> {
+    all()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|tid| {
+            let name = read(tid, "comm")
+                .map(|n| n.trim_end().to_owned())
+                .unwrap_or_default();
+            (tid, name)
+        })
+        .collect()
+}
+
 /// `/proc/self/task/TID/FILE` as text.
 fn read(tid: i64, file: &str) -> Option<String> {
     #[cfg(target_os = "linux")]
@@ -318,5 +333,14 @@ mod tests {
         assert!(read.on_cpu_ns >= after.on_cpu_ns);
         assert_eq!(on_cpu(current_tid()), Some(true));
         assert!(all().unwrap().contains(&current_tid()));
+        std::thread::Builder::new()
+            .name("named-reader".into())
+            .spawn(|| {
+                let me = current_tid();
+                assert!(named().contains(&(me, "named-reader".to_owned())));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }
