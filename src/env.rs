@@ -58,23 +58,12 @@ fn invalid(variable: &'static str, value: &str, expected: &str) -> Error {
 
 /// Parses `"150ms"`, `"2s"`, `"1.5s"`, `"500us"`, `"250ns"`, `"1m"`.
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let scale: f64 = match unit.trim() {
-        "ns" => 1.0,
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        "m" => 60e9,
-        _ => return None,
-    };
-    let ns = number.parse::<f64>().ok()? * scale;
-    // Out of range values are left to the builder's checks (zero, too
-    // large), which name the setting and its limits.
-    (ns.is_finite() && ns >= 0.0).then(|| Duration::from_nanos(ns.min(u64::MAX as f64) as u64))
+    // The one parser, shared with the attributes. Out of range values are
+    // left to the builder's checks (zero, too large), which name the setting
+    // and its limits.
+    let ns = loopwatch_duration::parse_ns(text).ok()?;
+    ns.is_finite()
+        .then(|| Duration::from_nanos(ns.min(u64::MAX as f64) as u64))
 }
 
 fn parse_bool(text: &str) -> Option<bool> {

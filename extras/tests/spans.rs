@@ -3,8 +3,7 @@
 //! (Linux: the stuck thread is found by its kernel id).
 #![cfg(target_os = "linux")]
 
-#[path = "../../tests/common/mod.rs"]
-mod common;
+use loopwatch_test_support::harness as common;
 
 use std::sync::Once;
 use std::time::Duration;

@@ -62,30 +62,9 @@ impl Parse for Args {
 fn duration(lit: &LitStr) -> syn::Result<u64> {
     let text = lit.value();
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let scale: f64 = match unit.trim() {
-        "ns" => 1.0,
-        "us" | "µs" => 1e3,
-        "ms" => 1e6,
-        "s" => 1e9,
-        "m" => 60e9,
-        _ => {
-            return Err(syn::Error::new(
-                lit.span(),
-                format!("invalid duration {text:?}: write a number and a unit, one of ns, us, ms, s, m (for example \"150ms\")"),
-            ))
-        }
-    };
-    let value: f64 = number.parse().map_err(|_| {
-        syn::Error::new(
-            lit.span(),
-            format!("invalid duration {text:?}: write a number and a unit (for example \"150ms\")"),
-        )
-    })?;
-    let ns = value * scale;
+    // The one parser, shared with the environment settings.
+    let ns = loopwatch_duration::parse_ns(text)
+        .map_err(|why| syn::Error::new(lit.span(), format!("invalid duration {text:?}: {why}")))?;
     if ns.is_nan() || ns < 1.0 {
         return Err(syn::Error::new(
             lit.span(),
