@@ -26,7 +26,7 @@ use std::sync::LazyLock;
 const COARSE_TICKS_PER_THRESHOLD: u64 = 20;
 
 #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
-use crate::stack::os::vdso;
+use loopwatch_stack::os::vdso;
 
 #[cfg(target_os = "linux")]
 mod imp {

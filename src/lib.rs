@@ -122,7 +122,6 @@ mod setup;
 #[cfg(feature = "spans")]
 #[cfg_attr(docsrs, doc(cfg(feature = "spans")))]
 pub mod spans;
-use loopwatch_stack as stack;
 mod tasks;
 mod watchdog;
 

@@ -205,7 +205,7 @@ mod tests {
         // Two fresh registries hand out the same span ids.
         let outer = tracing_subscriber::registry().with(super::layer());
         let inner = tracing_subscriber::registry().with(super::layer());
-        let tid = crate::stack::current_tid();
+        let tid = loopwatch_stack::current_tid();
         tracing::subscriber::with_default(outer, || {
             let _a = tracing::info_span!("a").entered();
             tracing::subscriber::with_default(inner, || {

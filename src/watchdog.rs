@@ -33,11 +33,11 @@ pub(crate) mod figures;
 pub(crate) mod sinks;
 
 // Every module by its own name, for the rooms to use one another.
-use crate::stack::os::cgroup;
 use api::{builder, handle};
 use detection::{cause, detect, heartbeat, runtimes, stall};
 use evidence::{threads, traces};
 use figures::{activity, process};
+use loopwatch_stack::os::cgroup;
 #[cfg(unix)]
 use sinks::systemd;
 use sinks::{abort, callback, histograms, publish, recent, report, snapshot};

@@ -17,7 +17,7 @@ use crate::board::names::Timed;
 use crate::board::shard::{Counts, Table};
 use crate::clock::{coarse_min_ns, coarse_ns, now_ns};
 
-/// Park state as reported by the runtime hooks of [`crate::hooks`].
+/// Park state as reported by the runtime hooks (`loopwatch::hooks`).
 pub(crate) const PARK_UNKNOWN: u8 = 0;
 pub(crate) const PARK_ACTIVE: u8 = 1;
 pub(crate) const PARK_PARKED: u8 = 2;
@@ -187,7 +187,7 @@ fn current_thread_info() -> ThreadInfo {
     ThreadInfo {
         runtime,
         name: std::thread::current().name().map(Arc::from),
-        os_tid: crate::stack::current_tid(),
+        os_tid: loopwatch_stack::current_tid(),
     }
 }
 
@@ -439,7 +439,7 @@ pub(crate) fn snapshot() -> Vec<SlotView> {
 }
 
 /// Task poll hooks (`--cfg tokio_unstable`): every task poll of a runtime
-/// built with [`crate::install_runtime_hooks`] is recorded like an
+/// built with `install_runtime_hooks` is recorded like an
 /// instrumented poll, named by the task's spawn location.
 #[cfg(tokio_unstable)]
 pub(crate) mod task_hooks {

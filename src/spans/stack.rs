@@ -148,7 +148,7 @@ struct Cached {
 
 impl Local {
     fn new() -> Local {
-        let stack = Arc::new(ThreadStack::new(crate::stack::current_tid()));
+        let stack = Arc::new(ThreadStack::new(loopwatch_stack::current_tid()));
         THREADS.lock().push(stack.clone());
         Local {
             stack,
@@ -336,7 +336,7 @@ mod tests {
         let owner = {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                tid_tx.send(crate::stack::current_tid()).unwrap();
+                tid_tx.send(loopwatch_stack::current_tid()).unwrap();
                 let mut next_id = 1u64;
                 while !stop.load(Ordering::Relaxed) {
                     // New spans each round (new ids, reused slots), entered,

@@ -520,7 +520,9 @@ impl Watchdog {
 /// kernel refuses `process_vm_readv`.
 fn prepare_stacks() {
     static WARNED: AtomicBool = AtomicBool::new(false);
-    if let Err(why @ crate::stack::NoStack::PerfRefused(errno)) = crate::stack::check_sampling() {
+    if let Err(why @ loopwatch_stack::NoStack::PerfRefused(errno)) =
+        loopwatch_stack::check_sampling()
+    {
         if !WARNED.swap(true, Relaxed) {
             tracing::warn!(target: "loopwatch", errno, "threads stuck on a CPU will have no stack in stall reports: {why}");
         }
@@ -528,7 +530,7 @@ fn prepare_stacks() {
     let _ = std::thread::Builder::new()
         .name("loopwatch-symbols".into())
         .spawn(|| {
-            crate::stack::warm_up();
+            loopwatch_stack::warm_up();
             report_memory_access();
         });
 }
@@ -538,7 +540,7 @@ fn prepare_stacks() {
 fn report_memory_access() {
     #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
     {
-        use crate::stack::os::memory;
+        use loopwatch_stack::os::memory;
         // One copy of a local settles how memory is copied.
         let probe = 0u64;
         let mut out = [0u8; 8];

@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 pub use crate::model::cause::{CpuAccount, StallCause, Throttling};
-use crate::stack::os::thread::{times as thread_times, OwnTimes, Times as ThreadTimes};
 use crate::watchdog::cgroup::{Cgroup, CpuStat};
+use loopwatch_stack::os::thread::{times as thread_times, OwnTimes, Times as ThreadTimes};
 
 /// Readings of the whole machine and cgroup, taken with a thread's.
 #[derive(Debug, Clone, Copy, Default)]
@@ -314,7 +314,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[test]
     fn a_thread_that_sleeps_is_off_cpu_and_one_that_spins_on_it() {
-        let tid = crate::stack::current_tid();
+        let tid = loopwatch_stack::current_tid();
         let mut tracker = CpuTracker::default();
         let start = crate::clock::now_ns();
         tracker.observe(start, &[tid]);

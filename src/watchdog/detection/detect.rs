@@ -180,15 +180,15 @@ impl RuntimeMonitor {
     /// again at every look.
     fn driver_role(
         &mut self,
-        symbolizer: &mut crate::stack::Symbolizer,
-        sample: &crate::stack::Sample,
+        symbolizer: &mut loopwatch_stack::Symbolizer,
+        sample: &loopwatch_stack::Sample,
     ) -> Option<bool> {
         if let Some((frames, sps, inside)) = &self.driver_seen {
             if *frames == sample.frames && *sps == sample.sps {
                 return *inside;
             }
         }
-        let inside = crate::stack::role(symbolizer, &sample.frames).map(|r| r.current_thread);
+        let inside = loopwatch_stack::role(symbolizer, &sample.frames).map(|r| r.current_thread);
         self.driver_seen = Some((sample.frames.clone(), sample.sps.clone(), inside));
         inside
     }
@@ -293,7 +293,7 @@ impl RuntimeMonitor {
         drivers: &[i64],
         t: Thresholds,
         pauses: &PauseDetector,
-        symbolizer: &mut crate::stack::Symbolizer,
+        symbolizer: &mut loopwatch_stack::Symbolizer,
     ) -> Vec<Candidate> {
         let mut found = Vec::new();
         if !self.beat.alive {
@@ -416,7 +416,7 @@ impl RuntimeMonitor {
         drivers: &[i64],
         t: Thresholds,
         pauses: &PauseDetector,
-        symbolizer: &mut crate::stack::Symbolizer,
+        symbolizer: &mut loopwatch_stack::Symbolizer,
     ) -> Driven {
         let beat_age = self.heartbeat_age_ns(now);
         if beat_age.saturating_sub(pauses.paused_since(now.saturating_sub(beat_age))) < t.stall_ns {
@@ -481,7 +481,7 @@ impl RuntimeMonitor {
             // on a CPU while its runtime stands still is sampled by the
             // kernel (never signalled: it may be doing anything, a system
             // call included, and a signal could cut that call short).
-            match crate::stack::sample(key.driver_tid, true) {
+            match loopwatch_stack::sample(key.driver_tid, true) {
                 Ok(sample) => match self.driver_role(symbolizer, &sample) {
                     Some(true) => Driven::Yes,
                     Some(false) if sample.complete => Driven::No,
@@ -494,7 +494,7 @@ impl RuntimeMonitor {
                     ),
                 },
                 // The driver thread exited: nobody drives the runtime.
-                Err(crate::stack::NoStack::Gone) => Driven::No,
+                Err(loopwatch_stack::NoStack::Gone) => Driven::No,
                 Err(why) => unknown(format!("its stack could not be read: {why}")),
             }
         };

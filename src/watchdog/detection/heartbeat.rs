@@ -91,7 +91,8 @@ impl Beat {
 
     /// Records the thread that drives the runtime (the caller).
     pub(crate) fn set_driver_to_current_thread(&self) {
-        self.driver_tid.store(crate::stack::current_tid(), Relaxed);
+        self.driver_tid
+            .store(loopwatch_stack::current_tid(), Relaxed);
     }
 }
 

@@ -5,18 +5,18 @@
 //!
 //! No thread is ever signalled: a thread waiting in the kernel is read from
 //! outside, and only a thread known to be stuck and running on a CPU is
-//! sampled by the kernel ([`crate::stack`]).
+//! sampled by the kernel (`loopwatch_stack`).
 
 use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::board::slot;
-use crate::stack;
 use crate::watchdog::cause::{CpuAccount, CpuTracker, StallCause};
 use crate::watchdog::detect::RuntimeMonitor;
 use crate::watchdog::stall::{Candidate, StallKey};
 use crate::watchdog::threads::NotFound;
 use crate::StallReport;
+use loopwatch_stack as stack;
 
 /// What is kept about each stall in progress.
 #[derive(Debug, Default, Clone)]

@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::runtime::Id;
 
 use crate::board::slot::SlotView;
-use crate::stack::{self, NoStack, Role, Sample, Symbolizer};
+use loopwatch_stack::{self as stack, NoStack, Role, Sample, Symbolizer};
 
 /// What a search reads of the process's threads. The decisions (which
 /// thread is stuck, which drives a runtime) are made over what this gives,

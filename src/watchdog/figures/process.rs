@@ -52,7 +52,7 @@ impl ProcessStats {
 
 /// The process's figures now (zeros where they cannot be read).
 pub(crate) fn read() -> ProcessStats {
-    match crate::stack::os::process::read() {
+    match loopwatch_stack::os::process::read() {
         Some(f) => ProcessStats {
             resident_memory_bytes: f.resident_memory_bytes,
             virtual_memory_bytes: f.virtual_memory_bytes,

@@ -22,7 +22,7 @@ pub(crate) fn describe_all() {
         let unit = match family.recorded_by {
             RecordedBy::Facade => Unit::Count,
             RecordedBy::FacadeSeconds => Unit::Seconds,
-            RecordedBy::Exporter => continue,
+            RecordedBy::Scrape => continue,
         };
         match family.kind {
             Kind::Counter => describe_counter!(family.name, unit, family.help),

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::board::slot::ThreadInfo;
-use crate::stack::Method;
+use loopwatch_stack::Method;
 
 /// First frames that say what the scripted role of a stack is.
 const POLLING: usize = 0x100;
