@@ -95,8 +95,9 @@ pub struct StallReport {
     /// Set when loopwatch could not confirm that this is a stall, with the
     /// reason: for a current-thread runtime, whether its thread is still
     /// inside `block_on` (stuck) or has left it (nobody drives the runtime:
-    /// idle, not stuck) could not be told. Reported rather than dropped, so
-    /// that a real stall is never missed.
+    /// idle, not stuck) could not be told, even from the stack read for
+    /// this report. Reported rather than dropped, so that a real stall is
+    /// never missed.
     pub unconfirmed: Option<String>,
     /// Whether the stuck thread was running on a CPU (a CPU hog) rather than
     /// waiting in the kernel (a blocking call, a lock, a sleep), when known.

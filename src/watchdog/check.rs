@@ -18,7 +18,7 @@ use crate::watchdog::builder::Config;
 use crate::watchdog::callback::CallbackQueue;
 use crate::watchdog::cause::{self, PauseDetector};
 use crate::watchdog::detect::{Thresholds, Unknowns};
-use crate::watchdog::evidence::EvidenceCollector;
+use crate::watchdog::evidence::{DriverRead, EvidenceCollector};
 use crate::watchdog::handle::Shared;
 use crate::watchdog::recent::RecentStalls;
 use crate::watchdog::report::Reporter;
@@ -133,7 +133,9 @@ impl Checker {
                 report, candidate, ..
             } = event
             {
-                if report.escalation == 0 {
+                // A stall detection could not confirm is flagged once its
+                // evidence has not shown it to be none (in `handle`).
+                if report.escalation == 0 && report.unconfirmed.is_none() {
                     flagged = true;
                     if let Some(watched) = self.runtimes.get_mut(candidate.runtime.serial) {
                         watched.history.stalls += 1;
@@ -204,7 +206,11 @@ impl Checker {
             .runtimes
             .get(candidate.runtime.serial)
             .map(|w| &w.monitor);
-        self.evidence.add(&mut report, &candidate, monitor);
+        if self.evidence.add(&mut report, &candidate, monitor) == DriverRead::Outside {
+            // Nobody drives that runtime: it is not stalled.
+            self.driver_read(&candidate, false);
+            return;
+        }
         super::abort::abort_with(&report, Duration::from_nanos(abort_ns));
     }
 
@@ -274,8 +280,35 @@ impl Checker {
                     .runtimes
                     .get(candidate.runtime.serial)
                     .map(|w| &w.monitor);
-                self.evidence.add(&mut report, &candidate, monitor);
+                let unconfirmed = report.unconfirmed.is_some();
+                match self.evidence.add(&mut report, &candidate, monitor) {
+                    DriverRead::Nothing => {}
+                    DriverRead::Inside => self.driver_read(&candidate, true),
+                    DriverRead::Outside => {
+                        // Nobody drives the runtime: no stall. One flagged
+                        // now is taken back; one already reported ends at
+                        // the next check.
+                        self.driver_read(&candidate, false);
+                        tracing::debug!(
+                            target: "loopwatch",
+                            runtime = %candidate.runtime.name,
+                            "the stack of the thread that drove the runtime shows it outside block_on: not stalled"
+                        );
+                        if report.escalation == 0 {
+                            self.stalls.withdraw(candidate.key);
+                            self.evidence.forget(candidate.key);
+                        }
+                        return None;
+                    }
+                }
                 if report.escalation == 0 {
+                    if unconfirmed {
+                        // Flagged now that its evidence did not take it back.
+                        if let Some(watched) = self.runtimes.get_mut(candidate.runtime.serial) {
+                            watched.history.stalls += 1;
+                        }
+                        self.reporter.stall_flagged(&report);
+                    }
                     publish::stall_cause(&report.runtime, report.cause);
                 }
                 self.recent.record(candidate.key, &report);
@@ -310,6 +343,13 @@ impl Checker {
                 );
                 None
             }
+        }
+    }
+
+    /// Tells the runtime's monitor what the stack of its driver said.
+    fn driver_read(&mut self, candidate: &Candidate, inside: bool) {
+        if let Some(watched) = self.runtimes.get_mut(candidate.runtime.serial) {
+            watched.monitor.driver_read(now_ns(), inside);
         }
     }
 

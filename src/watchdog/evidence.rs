@@ -5,7 +5,7 @@
 mod collector;
 pub(crate) mod threads;
 
-pub(crate) use collector::EvidenceCollector;
+pub(crate) use collector::{DriverRead, EvidenceCollector};
 
 #[cfg(all(
     tokio_unstable,

@@ -174,6 +174,34 @@ impl RuntimeMonitor {
         self.current_thread && matches!(self.driven, Some((_, _, Driven::No)))
     }
 
+    /// The thread that drives this current-thread runtime, whose stack was
+    /// read for the report of a stall detection could not confirm, was
+    /// found inside its scheduler (`inside`: driven, the stall is real) or,
+    /// by a complete walk, outside it (not driven: no stall). The verdict
+    /// holds as if detection had reached it, until something moves.
+    pub(crate) fn driver_read(&mut self, now: u64, inside: bool) {
+        if !self.current_thread {
+            return;
+        }
+        let key = self.driven_key();
+        let verdict = if inside { Driven::Yes } else { Driven::No };
+        self.driven = Some((key, now, verdict));
+    }
+
+    /// The state a "driven?" verdict is reached in now.
+    fn driven_key(&self) -> DrivenKey {
+        DrivenKey {
+            beats: self.beat.beats,
+            changed_at: self.workers.first().map_or(0, |w| w.changed_at),
+            driver_tid: self.beat.driver_tid,
+        }
+    }
+
+    /// Whether `tid` is the thread that drives this current-thread runtime.
+    pub(crate) fn is_driver(&self, tid: i64) -> bool {
+        self.current_thread && tid != 0 && self.driver_tid() == tid
+    }
+
     /// Whether the driver thread whose stack is `sample` is inside tokio's
     /// current-thread scheduler; the answer for the same frames at the same
     /// places is kept, so that a runtime standing still is not symbolized
@@ -426,11 +454,7 @@ impl RuntimeMonitor {
         // current-thread scheduler (and not driving another watched
         // runtime) can be stuck in its first poll.
         let never_ran = self.beat.beats == 0 && !self.entry.watched_from_inside;
-        let key = DrivenKey {
-            beats: self.beat.beats,
-            changed_at: self.workers.first().map_or(0, |w| w.changed_at),
-            driver_tid: self.beat.driver_tid,
-        };
+        let key = self.driven_key();
         let recheck_ns = if never_ran {
             t.stall_ns
         } else {

@@ -165,6 +165,16 @@ impl StallMachine {
             .map(|a| (&a.candidate, a.escalation))
     }
 
+    /// Takes back a stall flagged at this check that its evidence showed
+    /// was none: it ends without a word, as if never seen.
+    pub(crate) fn withdraw(&mut self, key: StallKey) {
+        if let Some(active) = self.active.remove(&key) {
+            if active.reported {
+                self.firsts.sent.pop_back();
+            }
+        }
+    }
+
     /// Feeds the stalls seen at this check; returns what to report.
     pub(crate) fn update(&mut self, now: u64, seen: Vec<Candidate>) -> Vec<Event> {
         let mut events = Vec::new();
@@ -301,6 +311,20 @@ mod tests {
             other => panic!("expected one end event, got {other:?}"),
         }
         assert_eq!(m.active().count(), 0);
+    }
+
+    #[test]
+    fn a_withdrawn_stall_ends_without_an_event_and_gives_its_report_back() {
+        // A budget of one first report a minute.
+        let mut m = StallMachine::new(Duration::from_secs(1), 1);
+        let since = 10 * S;
+        assert_eq!(reports(&m.update(since + S, vec![cand(since)])), vec![0]);
+        m.withdraw(cand(since).key);
+        assert_eq!(m.active().count(), 0);
+        assert!(m.update(since + 2 * S, vec![]).is_empty());
+        // The budget it used is back: the next stall is reported, not held.
+        let other = 20 * S;
+        assert_eq!(reports(&m.update(other + S, vec![cand(other)])), vec![0]);
     }
 
     #[test]

@@ -37,6 +37,22 @@ pub(crate) struct Known {
     pub(crate) cpu: Option<CpuAccount>,
 }
 
+/// What a report's stack said about an unconfirmed stall of a
+/// current-thread runtime (one whose driver's stack detection could not
+/// read): [`add`](EvidenceCollector::add) read it since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DriverRead {
+    /// Nothing new: the stall was confirmed by detection, the stack was not
+    /// read, or it could not tell.
+    Nothing,
+    /// The driver is inside the runtime's scheduler: the stall is real
+    /// (`unconfirmed` was cleared).
+    Inside,
+    /// A complete walk of the driver's stack is outside the scheduler:
+    /// nobody drives the runtime, and nobody is stuck in it.
+    Outside,
+}
+
 /// Adds the stuck thread's state, stack and culprit to reports.
 #[derive(Debug)]
 pub(crate) struct EvidenceCollector {
@@ -104,19 +120,23 @@ impl EvidenceCollector {
     /// `stack_moved`. The stuck thread is the candidate's, or for a
     /// multi-thread runtime known only by its handle, the worker found
     /// stuck by its stack.
+    ///
+    /// The stack of the driver of a current-thread runtime whose stall
+    /// detection could not confirm settles it, when it can: see
+    /// [`DriverRead`].
     pub(crate) fn add(
         &mut self,
         report: &mut StallReport,
         candidate: &Candidate,
         monitor: Option<&RuntimeMonitor>,
-    ) {
+    ) -> DriverRead {
         if !self.sample_stacks {
             if candidate.os_tid != 0 {
                 report.spans = spans_of(candidate.os_tid);
                 self.known.entry(candidate.key).or_default().spans = report.spans.clone();
                 self.account(report, candidate, candidate.os_tid);
             }
-            return;
+            return DriverRead::Nothing;
         }
         let began = Instant::now();
         let mut tid = candidate.os_tid;
@@ -137,7 +157,7 @@ impl EvidenceCollector {
             }
         }
         if tid == 0 {
-            return;
+            return DriverRead::Nothing;
         }
         // What the thread did with its time, before anything else looks at it.
         self.account(report, candidate, tid);
@@ -176,9 +196,23 @@ impl EvidenceCollector {
                     report.cpu_bound = Some(true);
                 }
                 report.stack_missing = Some(why.to_string());
-                return;
+                return DriverRead::Nothing;
             }
         };
+        // Detection could not tell whether this thread drives the runtime;
+        // its stack, read now, may: inside the scheduler, the stall is
+        // confirmed; a complete walk outside it, there is no stall.
+        let mut driver = DriverRead::Nothing;
+        if report.unconfirmed.is_some() && monitor.is_some_and(|m| m.is_driver(tid)) {
+            match stack::role(&mut self.symbolizer, &sample.frames).map(|r| r.current_thread) {
+                Some(true) => {
+                    report.unconfirmed = None;
+                    driver = DriverRead::Inside;
+                }
+                Some(false) if sample.complete => return DriverRead::Outside,
+                _ => {}
+            }
+        }
         // Read from outside: it was waiting; sampled: it ran on its CPU.
         report.cpu_bound = Some(sample.method == stack::Method::Perf);
         report.stack_method = Some(sample.method.name());
@@ -209,6 +243,7 @@ impl EvidenceCollector {
             seconds = began.elapsed().as_secs_f64(),
             "took the stuck thread's stack and state"
         );
+        driver
     }
 
     /// The stall ended: what was kept about it goes.
