@@ -137,10 +137,7 @@ impl Checker {
                 // evidence has not shown it to be none (in `handle`).
                 if report.escalation == 0 && report.unconfirmed.is_none() {
                     flagged = true;
-                    if let Some(watched) = self.runtimes.get_mut(candidate.runtime.serial) {
-                        watched.history.stalls += 1;
-                    }
-                    self.reporter.stall_flagged(report);
+                    self.flag(report, candidate);
                 }
             }
         }
@@ -304,10 +301,7 @@ impl Checker {
                 if report.escalation == 0 {
                     if unconfirmed {
                         // Flagged now that its evidence did not take it back.
-                        if let Some(watched) = self.runtimes.get_mut(candidate.runtime.serial) {
-                            watched.history.stalls += 1;
-                        }
-                        self.reporter.stall_flagged(&report);
+                        self.flag(&report, &candidate);
                     }
                     publish::stall_cause(&report.runtime, report.cause);
                 }
@@ -344,6 +338,14 @@ impl Checker {
                 None
             }
         }
+    }
+
+    /// Counts a new stall, in its runtime's history and its metrics.
+    fn flag(&mut self, report: &crate::StallReport, candidate: &Candidate) {
+        if let Some(watched) = self.runtimes.get_mut(candidate.runtime.serial) {
+            watched.history.stalls += 1;
+        }
+        self.reporter.stall_flagged(report);
     }
 
     /// Tells the runtime's monitor what the stack of its driver said.
